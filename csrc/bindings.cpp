@@ -1,0 +1,64 @@
+// The Python module fusedoptim._C: buckets and their per-algorithm steps, and the CPU
+// instruction-set controls. The only file that talks to Python.
+#include <torch/extension.h>
+#include <torch/version.h>
+
+#include "bucket.h"
+#include "cpu/dispatch.h"
+
+namespace fusedoptim {
+namespace cpu {
+void adam_step(Bucket& bucket, const math::AdamHyper& hyper);
+void sgd_step(Bucket& bucket, const math::SgdHyper& hyper);
+}  // namespace cpu
+}  // namespace fusedoptim
+
+namespace py = pybind11;
+using fusedoptim::Bucket;
+using namespace fusedoptim::cpu;
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fusedoptim's compiled core: fused multi-tensor optimizer kernels";
+  m.attr("built_with_torch") = py::str(TORCH_VERSION);
+
+  py::class_<Bucket>(m, "Bucket")
+      .def(py::init([](std::vector<at::Tensor> params, std::vector<std::string> names, std::vector<at::Tensor> states,
+                       std::vector<int64_t> state_offsets, std::optional<at::Tensor> steps,
+                       std::vector<int64_t> first_step) {
+             return new Bucket(std::move(params), std::move(names), std::move(states), std::move(state_offsets),
+                               steps ? *steps : at::Tensor(), std::move(first_step));
+           }),
+           py::arg("params"), py::arg("names"), py::arg("states"), py::arg("state_offsets"), py::arg("steps"),
+           py::arg("first_step"))
+      .def("prepare", [](Bucket& b) { return static_cast<int>(b.prepare()); })
+      .def_property_readonly("num_entries", &Bucket::num_entries)
+      .def_property_readonly("num_params", &Bucket::num_params)
+      .def("adam",
+           [](Bucket& b, double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
+              bool maximize, bool decoupled_weight_decay) {
+             py::gil_scoped_release no_gil;
+             adam_step(b, {lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay});
+           })
+      .def("sgd",
+           [](Bucket& b, double lr, double momentum, double dampening, double weight_decay, bool nesterov,
+              bool maximize) {
+             py::gil_scoped_release no_gil;
+             sgd_step(b, {lr, momentum, dampening, weight_decay, nesterov, maximize});
+           });
+
+  m.def("cpu_capability", [] { return std::string(capability_name(active_capability())); });
+  m.def("set_cpu_capability", [](const std::string& name) { set_active_capability(capability_from_name(name)); });
+  m.def("compiled_cpu_capabilities", [] {
+    std::vector<std::string> names;
+    for (int c = 0; c < kNumCapabilities; ++c)
+      if (capability_compiled(CpuCapability(c))) names.emplace_back(capability_name(CpuCapability(c)));
+    return names;
+  });
+  m.def("available_cpu_capabilities", [] {
+    std::vector<std::string> names;
+    for (int c = 0; c < kNumCapabilities; ++c)
+      if (capability_compiled(CpuCapability(c)) && capability_supported(CpuCapability(c)))
+        names.emplace_back(capability_name(CpuCapability(c)));
+    return names;
+  });
+}

@@ -1,0 +1,127 @@
+#include "bucket.h"
+
+#include <c10/util/Exception.h>
+
+namespace fusedoptim {
+namespace {
+
+DType storage_dtype(at::ScalarType type) {
+  switch (type) {
+    case at::kFloat: case at::kComplexFloat: return DType::kFloat32;
+    case at::kDouble: case at::kComplexDouble: return DType::kFloat64;
+    case at::kBFloat16: return DType::kBFloat16;
+    case at::kHalf: case at::kComplexHalf: return DType::kFloat16;
+    default: TORCH_CHECK(false, "fusedoptim: no fused kernel for dtype ", type);
+  }
+}
+
+}  // namespace
+
+Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names, std::vector<at::Tensor> states,
+               std::vector<int64_t> state_offsets, at::Tensor steps, std::vector<int64_t> first_step)
+    : params_(std::move(params)), names_(std::move(names)), states_(std::move(states)),
+      state_offsets_(std::move(state_offsets)), steps_(std::move(steps)), first_step_(std::move(first_step)) {
+  const size_t n = params_.size();
+  TORCH_CHECK(n > 0, "fusedoptim: a bucket needs at least one param");
+  TORCH_CHECK(names_.size() == n && state_offsets_.size() == n && first_step_.size() == n,
+              "fusedoptim: bucket tables of different lengths");
+  TORCH_CHECK(static_cast<int>(states_.size()) <= kMaxSlots - kFirstStateSlot, "fusedoptim: too many states");
+  dtype_ = storage_dtype(params_[0].scalar_type());
+  element_size_ = static_cast<int64_t>(c10::elementSize(c10::toRealValueType(params_[0].scalar_type())));
+  for (const at::Tensor& p : params_) {
+    TORCH_CHECK(storage_dtype(p.scalar_type()) == dtype_, "fusedoptim: mixed storage dtypes in one bucket");
+    param_dtypes_.push_back(p.scalar_type());
+    param_numels_.push_back(p.numel());
+  }
+  for (const at::Tensor& s : states_) {
+    TORCH_CHECK(s.is_contiguous() && s.dim() == 1 && storage_dtype(s.scalar_type()) == dtype_,
+                "fusedoptim: state buffers must be flat and of the bucket's dtype");
+  }
+  if (steps_.defined()) {
+    TORCH_CHECK(steps_.dim() == 1 && steps_.numel() == static_cast<int64_t>(n) && steps_.is_contiguous() &&
+                    (steps_.scalar_type() == at::kFloat || steps_.scalar_type() == at::kDouble),
+                "fusedoptim: step counters must be one float per param");
+  }
+  entries_.reserve(n);
+  prefix_.reserve(n + 1);
+  entry_params_.reserve(n);
+}
+
+Bucket::Status Bucket::prepare() {
+  entries_.clear();
+  prefix_.clear();
+  entry_params_.clear();
+  grad_copies_.clear();
+  bool needs_rebuild = false;
+  int64_t total = 0;
+  const auto cpu = c10::DeviceType::CPU;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const at::Tensor& param = params_[i];
+    const at::Tensor& grad = param.grad();
+    if (!grad.defined()) continue;
+    if (param.scalar_type() != param_dtypes_[i] || param.numel() != param_numels_[i] ||
+        param.device().type() != cpu || !param.is_contiguous() || grad.layout() != c10::kStrided) {
+      needs_rebuild = true;
+      continue;
+    }
+    TORCH_CHECK(grad.scalar_type() == param.scalar_type(), "the grad of ", names_[i], " has dtype ",
+                grad.scalar_type(), " but the param has dtype ", param.scalar_type());
+    TORCH_CHECK(grad.sizes() == param.sizes(), "the grad of ", names_[i], " has shape ", grad.sizes(),
+                " but the param has shape ", param.sizes());
+    TORCH_CHECK(grad.device() == param.device(), "the grad of ", names_[i], " is on ", grad.device(),
+                " but the param is on ", param.device());
+    if (state_offsets_[i] < 0 && (!states_.empty() || steps_.defined())) {
+      needs_rebuild = true;
+      continue;
+    }
+    const at::Tensor* contiguous_grad = &grad;
+    if (!grad.is_contiguous()) {
+      grad_copies_.push_back(grad.contiguous());
+      contiguous_grad = &grad_copies_.back();
+    }
+    const int64_t numel = param.is_complex() ? 2 * param.numel() : param.numel();
+    TensorEntry entry{};
+    entry.ptr[kParamSlot] = param.data_ptr();
+    entry.ptr[kGradSlot] = contiguous_grad->data_ptr();
+    for (size_t s = 0; s < states_.size(); ++s) {
+      entry.ptr[kFirstStateSlot + s] =
+          static_cast<char*>(states_[s].data_ptr()) + state_offsets_[i] * element_size_;
+    }
+    entry.numel = numel;
+    entry.first_step = static_cast<int32_t>(first_step_[i]);
+    entries_.push_back(entry);
+    prefix_.push_back(total);
+    entry_params_.push_back(static_cast<int64_t>(i));
+    total += numel;
+  }
+  prefix_.push_back(total);
+  if (needs_rebuild) {
+    entries_.clear();
+    return kNeedsRebuild;
+  }
+  return kReady;
+}
+
+BucketTable Bucket::table() const {
+  return BucketTable{entries_.data(), prefix_.data(), static_cast<int64_t>(entries_.size()), prefix_.back(), dtype_};
+}
+
+const std::vector<double>& Bucket::advance_steps() {
+  TORCH_CHECK(steps_.defined(), "fusedoptim: this bucket keeps no step counters");
+  entry_steps_.resize(entries_.size());
+  // torch keeps `step` as a float tensor and adds 1 in that dtype; then reads it as a double.
+  if (steps_.scalar_type() == at::kFloat) {
+    float* steps = steps_.data_ptr<float>();
+    for (size_t k = 0; k < entries_.size(); ++k) entry_steps_[k] = steps[entry_params_[k]] += 1.0f;
+  } else {
+    double* steps = steps_.data_ptr<double>();
+    for (size_t k = 0; k < entries_.size(); ++k) entry_steps_[k] = steps[entry_params_[k]] += 1.0;
+  }
+  return entry_steps_;
+}
+
+void Bucket::clear_first_steps() {
+  for (int64_t i : entry_params_) first_step_[i] = 0;
+}
+
+}  // namespace fusedoptim

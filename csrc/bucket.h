@@ -1,0 +1,69 @@
+// A bucket: the params of one param group with one device and storage dtype, their flat
+// state buffers, and the table the kernels sweep. Built by fusedoptim/optimizer.py when the
+// plan changes; each step calls prepare() (read grads, validate, fill the table) and then
+// one algorithm's run (see <algo>_cpu.cpp).
+#pragma once
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "fusedoptim/bucket_table.h"
+
+namespace fusedoptim {
+
+class Bucket {
+ public:
+  // params: every param of the bucket, with or without state. names: how errors name them
+  // ("param_groups[0]['params'][3]"). states: one flat buffer per state name, in the
+  // algorithm's slot order. state_offsets: each param's element offset into every state
+  // buffer, -1 where the param has no state yet. steps: a per-param step counter (1-D,
+  // float32 or float64, may be undefined). first_step: per param, 1 while its state holds
+  // no values yet (SGD's momentum buffer starts as a copy of the grad).
+  Bucket(std::vector<at::Tensor> params, std::vector<std::string> names, std::vector<at::Tensor> states,
+         std::vector<int64_t> state_offsets, at::Tensor steps, std::vector<int64_t> first_step);
+
+  enum Status : int { kReady = 0, kNeedsRebuild = 1 };
+
+  // Reads every param's grad and fills the table. Raises, naming the param, if a grad's
+  // dtype, shape or device does not match its param; returns kNeedsRebuild when the plan no
+  // longer fits (a grad without a state slot, a param moved or resized, a sparse grad).
+  // Modifies nothing the user can see.
+  Status prepare();
+
+  int64_t num_entries() const { return static_cast<int64_t>(entries_.size()); }
+  int64_t num_params() const { return static_cast<int64_t>(params_.size()); }
+
+  // For the algorithm runs: the table of the last prepare().
+  BucketTable table() const;
+  // The param index of each entry of the last prepare().
+  const std::vector<int64_t>& entry_params() const { return entry_params_; }
+  std::vector<TensorEntry>& entries() { return entries_; }
+  // Advances the step counter of every param in the table; returns the new values.
+  const std::vector<double>& advance_steps();
+  // Marks the state of every param in the table as holding values.
+  void clear_first_steps();
+
+ private:
+  std::vector<at::Tensor> params_;
+  std::vector<std::string> names_;
+  std::vector<at::Tensor> states_;
+  std::vector<int64_t> state_offsets_;
+  at::Tensor steps_;
+  std::vector<int64_t> first_step_;
+
+  // What the plan was built for; a param that no longer matches needs a rebuild.
+  std::vector<at::ScalarType> param_dtypes_;
+  std::vector<int64_t> param_numels_;
+  DType dtype_;
+  int64_t element_size_;
+
+  // Per step.
+  std::vector<TensorEntry> entries_;
+  std::vector<int64_t> prefix_;
+  std::vector<int64_t> entry_params_;
+  std::vector<double> entry_steps_;
+  std::vector<at::Tensor> grad_copies_;  // contiguous copies of the rare strided grads
+};
+
+}  // namespace fusedoptim

@@ -1,0 +1,22 @@
+// The CPU kernels compiled for one instruction set: scalar. The build gives this file its
+// own target flags (setup.py and CMakeLists.txt: CPU_ISA_FLAGS); it includes no torch header.
+#define FO_ISA isa_scalar
+#include "cpu/kernels.h"
+#include "cpu/adam_kernel.h"
+#include "cpu/sgd_kernel.h"
+
+namespace fusedoptim {
+namespace cpu {
+namespace scalar {
+
+void adam_range(const BucketTable& table, const math::AdamHyper& hyper, int64_t begin, int64_t end) {
+  adam_range_impl(table, hyper, begin, end);
+}
+
+void sgd_range(const BucketTable& table, const math::SgdHyper& hyper, int64_t begin, int64_t end) {
+  sgd_range_impl(table, hyper, begin, end);
+}
+
+}  // namespace scalar
+}  // namespace cpu
+}  // namespace fusedoptim

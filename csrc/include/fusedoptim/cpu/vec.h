@@ -1,0 +1,183 @@
+// SIMD value types for the CPU update rules: the wrappers that make `a + b * c` in a math
+// header compile to AVX2 or AVX-512 instructions. Which section is compiled depends on the
+// translation unit's target flags; every name lands in that TU's ISA namespace
+// (see NOTE: [One namespace per instruction set]).
+//
+// VecOf<S>::type is the widest vector of math type S this TU supports (S itself in the
+// scalar TU). load<V>(ptr) / store(ptr, v) convert between a storage type and V.
+#pragma once
+#include <cstdint>
+
+#include "fusedoptim/dtype.h"
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace fusedoptim {
+namespace cpu {
+inline namespace FO_ISA {
+
+template <typename S> struct VecOf { using type = S; };
+
+// Scalar loads, for tails and for the scalar TU.
+template <typename V> struct Loader;
+template <> struct Loader<float> {
+  template <typename Storage> static float load(const Storage* p) { return load_scalar(p); }
+};
+template <> struct Loader<double> {
+  static double load(const double* p) { return *p; }
+};
+template <typename V, typename Storage> FO_INLINE V load(const Storage* p) { return Loader<V>::load(p); }
+template <typename Storage> FO_INLINE void store(Storage* p, float v) { store_scalar(p, v); }
+FO_INLINE void store(double* p, double v) { *p = v; }
+
+#define FO_VEC_ARITH(Vec, add, sub, mul, div)                                            \
+  friend FO_INLINE Vec operator+(Vec a, Vec b) { return Vec(add(a.v, b.v)); }            \
+  friend FO_INLINE Vec operator-(Vec a, Vec b) { return Vec(sub(a.v, b.v)); }            \
+  friend FO_INLINE Vec operator*(Vec a, Vec b) { return Vec(mul(a.v, b.v)); }            \
+  friend FO_INLINE Vec operator/(Vec a, Vec b) { return Vec(div(a.v, b.v)); }
+
+#if defined(__AVX512F__)
+
+struct Vec16f {
+  static constexpr int kWidth = 16;
+  __m512 v;
+  FO_INLINE Vec16f() = default;
+  FO_INLINE explicit Vec16f(__m512 x) : v(x) {}
+  FO_INLINE Vec16f(float s) : v(_mm512_set1_ps(s)) {}
+  FO_VEC_ARITH(Vec16f, _mm512_add_ps, _mm512_sub_ps, _mm512_mul_ps, _mm512_div_ps)
+  friend FO_INLINE Vec16f operator-(Vec16f a) {
+    return Vec16f(_mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a.v), _mm512_set1_epi32(INT32_MIN))));
+  }
+  friend FO_INLINE Vec16f fo_sqrt(Vec16f a) { return Vec16f(_mm512_sqrt_ps(a.v)); }
+  friend FO_INLINE Vec16f fo_maximum(Vec16f a, Vec16f b) {
+    // max_ps returns b when either is NaN; put a back where a is NaN (torch.maximum).
+    const __mmask16 a_nan = _mm512_cmp_ps_mask(a.v, a.v, _CMP_UNORD_Q);
+    return Vec16f(_mm512_mask_blend_ps(a_nan, _mm512_max_ps(a.v, b.v), a.v));
+  }
+};
+
+struct Vec8d {
+  static constexpr int kWidth = 8;
+  __m512d v;
+  FO_INLINE Vec8d() = default;
+  FO_INLINE explicit Vec8d(__m512d x) : v(x) {}
+  FO_INLINE Vec8d(double s) : v(_mm512_set1_pd(s)) {}
+  FO_VEC_ARITH(Vec8d, _mm512_add_pd, _mm512_sub_pd, _mm512_mul_pd, _mm512_div_pd)
+  friend FO_INLINE Vec8d operator-(Vec8d a) {
+    return Vec8d(_mm512_castsi512_pd(_mm512_xor_si512(_mm512_castpd_si512(a.v), _mm512_set1_epi64(INT64_MIN))));
+  }
+  friend FO_INLINE Vec8d fo_sqrt(Vec8d a) { return Vec8d(_mm512_sqrt_pd(a.v)); }
+  friend FO_INLINE Vec8d fo_maximum(Vec8d a, Vec8d b) {
+    const __mmask8 a_nan = _mm512_cmp_pd_mask(a.v, a.v, _CMP_UNORD_Q);
+    return Vec8d(_mm512_mask_blend_pd(a_nan, _mm512_max_pd(a.v, b.v), a.v));
+  }
+};
+
+template <> struct VecOf<float> { using type = Vec16f; };
+template <> struct VecOf<double> { using type = Vec8d; };
+
+template <> struct Loader<Vec16f> {
+  static FO_INLINE Vec16f load(const float* p) { return Vec16f(_mm512_loadu_ps(p)); }
+  static FO_INLINE Vec16f load(const bf16_t* p) {
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return Vec16f(_mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)));
+  }
+  static FO_INLINE Vec16f load(const fp16_t* p) {
+    return Vec16f(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+  }
+};
+template <> struct Loader<Vec8d> {
+  static FO_INLINE Vec8d load(const double* p) { return Vec8d(_mm512_loadu_pd(p)); }
+};
+
+FO_INLINE void store(float* p, Vec16f x) { _mm512_storeu_ps(p, x.v); }
+FO_INLINE void store(double* p, Vec8d x) { _mm512_storeu_pd(p, x.v); }
+FO_INLINE void store(bf16_t* p, Vec16f x) {
+  // Round to nearest even as to_bf16 does, quiet NaN for NaN.
+  const __m512i u = _mm512_castps_si512(x.v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q);
+  const __m512i result = _mm512_mask_blend_epi32(nan, rounded, _mm512_set1_epi32(0x7FC0));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(result));
+}
+FO_INLINE void store(fp16_t* p, Vec16f x) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+#elif defined(__AVX2__)
+
+struct Vec8f {
+  static constexpr int kWidth = 8;
+  __m256 v;
+  FO_INLINE Vec8f() = default;
+  FO_INLINE explicit Vec8f(__m256 x) : v(x) {}
+  FO_INLINE Vec8f(float s) : v(_mm256_set1_ps(s)) {}
+  FO_VEC_ARITH(Vec8f, _mm256_add_ps, _mm256_sub_ps, _mm256_mul_ps, _mm256_div_ps)
+  friend FO_INLINE Vec8f operator-(Vec8f a) { return Vec8f(_mm256_xor_ps(a.v, _mm256_set1_ps(-0.0f))); }
+  friend FO_INLINE Vec8f fo_sqrt(Vec8f a) { return Vec8f(_mm256_sqrt_ps(a.v)); }
+  friend FO_INLINE Vec8f fo_maximum(Vec8f a, Vec8f b) {
+    // max_ps returns b when either is NaN; put a back where a is NaN (torch.maximum).
+    const __m256 a_nan = _mm256_cmp_ps(a.v, a.v, _CMP_UNORD_Q);
+    return Vec8f(_mm256_blendv_ps(_mm256_max_ps(a.v, b.v), a.v, a_nan));
+  }
+};
+
+struct Vec4d {
+  static constexpr int kWidth = 4;
+  __m256d v;
+  FO_INLINE Vec4d() = default;
+  FO_INLINE explicit Vec4d(__m256d x) : v(x) {}
+  FO_INLINE Vec4d(double s) : v(_mm256_set1_pd(s)) {}
+  FO_VEC_ARITH(Vec4d, _mm256_add_pd, _mm256_sub_pd, _mm256_mul_pd, _mm256_div_pd)
+  friend FO_INLINE Vec4d operator-(Vec4d a) { return Vec4d(_mm256_xor_pd(a.v, _mm256_set1_pd(-0.0))); }
+  friend FO_INLINE Vec4d fo_sqrt(Vec4d a) { return Vec4d(_mm256_sqrt_pd(a.v)); }
+  friend FO_INLINE Vec4d fo_maximum(Vec4d a, Vec4d b) {
+    const __m256d a_nan = _mm256_cmp_pd(a.v, a.v, _CMP_UNORD_Q);
+    return Vec4d(_mm256_blendv_pd(_mm256_max_pd(a.v, b.v), a.v, a_nan));
+  }
+};
+
+template <> struct VecOf<float> { using type = Vec8f; };
+template <> struct VecOf<double> { using type = Vec4d; };
+
+template <> struct Loader<Vec8f> {
+  static FO_INLINE Vec8f load(const float* p) { return Vec8f(_mm256_loadu_ps(p)); }
+  static FO_INLINE Vec8f load(const bf16_t* p) {
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return Vec8f(_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16)));
+  }
+  static FO_INLINE Vec8f load(const fp16_t* p) {
+    return Vec8f(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+};
+template <> struct Loader<Vec4d> {
+  static FO_INLINE Vec4d load(const double* p) { return Vec4d(_mm256_loadu_pd(p)); }
+};
+
+FO_INLINE void store(float* p, Vec8f x) { _mm256_storeu_ps(p, x.v); }
+FO_INLINE void store(double* p, Vec4d x) { _mm256_storeu_pd(p, x.v); }
+FO_INLINE void store(bf16_t* p, Vec8f x) {
+  // Round to nearest even as to_bf16 does, quiet NaN for NaN.
+  const __m256i u = _mm256_castps_si256(x.v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q));
+  rounded = _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0), nan);
+  // Pack 8 x u32 (each < 2^16) into 8 x u16; packus works per 128-bit lane, so fix the order.
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(rounded, rounded), 0xD8);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+}
+FO_INLINE void store(fp16_t* p, Vec8f x) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+#endif
+
+#undef FO_VEC_ARITH
+
+}  // namespace FO_ISA
+}  // namespace cpu
+}  // namespace fusedoptim

@@ -1,0 +1,86 @@
+// Storage types of params and states, and their conversions to the math type.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+#include "fusedoptim/macros.h"
+
+namespace fusedoptim {
+
+// Storage dtypes a bucket can hold. Complex params are stored as their real dtype (a real
+// view of twice the length), as torch's own optimizers treat them.
+enum class DType : int32_t { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3 };
+
+struct bf16_t { uint16_t bits; };
+struct fp16_t { uint16_t bits; };
+
+// The type the update rule computes in: fp64 for fp64, fp32 for everything else.
+template <typename Storage> struct math_type { using type = float; };
+template <> struct math_type<double> { using type = double; };
+template <typename Storage> using math_t = typename math_type<Storage>::type;
+
+inline namespace FO_ISA {
+
+FO_HOST_DEVICE FO_INLINE uint32_t float_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+FO_HOST_DEVICE FO_INLINE float bits_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+
+FO_HOST_DEVICE FO_INLINE float to_float(bf16_t v) { return bits_float(uint32_t(v.bits) << 16); }
+
+// Round to nearest even, NaN kept quiet: the rounding torch (c10::BFloat16) uses.
+FO_HOST_DEVICE FO_INLINE bf16_t to_bf16(float f) {
+  if (f != f) return bf16_t{0x7FC0};
+  uint32_t u = float_bits(f);
+  uint32_t rounding_bias = ((u >> 16) & 1u) + 0x7FFFu;
+  return bf16_t{uint16_t((u + rounding_bias) >> 16)};
+}
+
+// NOTE: [Portable half conversions]
+// IEEE binary16 <-> binary32 with round to nearest even, in plain float and integer
+// arithmetic (the method of the FP16 library, also what c10::Half uses), so the scalar path
+// needs no F16C and gives exactly what the hardware conversions give. It relies on IEEE
+// float rounding: the project builds with -ffp-contract=off and never with fast-math.
+FO_HOST_DEVICE FO_INLINE float to_float(fp16_t v) {
+  const uint32_t w = uint32_t(v.bits) << 16;
+  const uint32_t sign = w & 0x80000000u;
+  const uint32_t two_w = w + w;
+  const uint32_t exp_offset = 0xE0u << 23;
+  const float exp_scale = 0x1.0p-112f;
+  const float normalized = bits_float((two_w >> 4) + exp_offset) * exp_scale;
+  const uint32_t magic_mask = 126u << 23;
+  const float magic_bias = 0.5f;
+  const float denormalized = bits_float((two_w >> 17) | magic_mask) - magic_bias;
+  const uint32_t denormalized_cutoff = 1u << 27;
+  const uint32_t result =
+      sign | (two_w < denormalized_cutoff ? float_bits(denormalized) : float_bits(normalized));
+  return bits_float(result);
+}
+
+FO_HOST_DEVICE FO_INLINE fp16_t to_fp16(float f) {
+  const float scale_to_inf = 0x1.0p+112f;
+  const float scale_to_zero = 0x1.0p-110f;
+  const uint32_t w = float_bits(f);
+  float base = (bits_float(w & 0x7FFFFFFFu) * scale_to_inf) * scale_to_zero;
+  const uint32_t shl1_w = w + w;
+  const uint32_t sign = w & 0x80000000u;
+  uint32_t bias = shl1_w & 0xFF000000u;
+  if (bias < 0x71000000u) bias = 0x71000000u;
+  base = bits_float((bias >> 1) + 0x07800000u) + base;
+  const uint32_t bits = float_bits(base);
+  const uint32_t exp_bits = (bits >> 13) & 0x00007C00u;
+  const uint32_t mantissa_bits = bits & 0x00000FFFu;
+  const uint32_t nonsign = exp_bits + mantissa_bits;
+  return fp16_t{uint16_t((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign))};
+}
+
+// Scalar load/store between a storage type and its math type.
+FO_HOST_DEVICE FO_INLINE float load_scalar(const float* p) { return *p; }
+FO_HOST_DEVICE FO_INLINE double load_scalar(const double* p) { return *p; }
+FO_HOST_DEVICE FO_INLINE float load_scalar(const bf16_t* p) { return to_float(*p); }
+FO_HOST_DEVICE FO_INLINE float load_scalar(const fp16_t* p) { return to_float(*p); }
+FO_HOST_DEVICE FO_INLINE void store_scalar(float* p, float v) { *p = v; }
+FO_HOST_DEVICE FO_INLINE void store_scalar(double* p, double v) { *p = v; }
+FO_HOST_DEVICE FO_INLINE void store_scalar(bf16_t* p, float v) { *p = to_bf16(v); }
+FO_HOST_DEVICE FO_INLINE void store_scalar(fp16_t* p, float v) { *p = to_fp16(v); }
+
+}  // namespace FO_ISA
+}  // namespace fusedoptim

@@ -1,0 +1,98 @@
+"""Plain-torch update rules: the reference path and a test oracle beside torch.optim.
+
+Each function updates a list of params in place from their grads and per-param state dicts,
+with torch.optim's single-tensor order of operations, so results match torch.optim's
+for-loop implementation. They also run with autograd enabled (differentiable=True): ops that
+would overwrite a tensor autograd still needs work on clones, as in torch.optim.
+See NOTE: [Reference path] in optimizer.py.
+"""
+
+import torch
+
+
+def _lr_value(lr):
+    return lr if isinstance(lr, torch.Tensor) and lr.requires_grad else (lr.item() if isinstance(lr, torch.Tensor) else lr)
+
+
+def sgd(params, states, *, lr, momentum, dampening, weight_decay, nesterov, maximize):
+    lr = _lr_value(lr)
+    for param, state in zip(params, states):
+        grad = param.grad if not maximize else -param.grad
+        if weight_decay != 0:
+            if isinstance(weight_decay, torch.Tensor) and weight_decay.requires_grad:
+                grad = grad.addcmul_(param.clone(), weight_decay)
+            else:
+                grad = grad.add(param, alpha=weight_decay)
+        if momentum != 0:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = grad.detach().clone()
+            else:
+                buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+            state["momentum_buffer"] = buf
+            grad = grad.add(buf, alpha=momentum) if nesterov else buf
+        if isinstance(lr, torch.Tensor):
+            param.addcmul_(grad, lr, value=-1)
+        else:
+            param.add_(grad, alpha=-lr)
+
+
+def adam(params, states, *, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+         decoupled_weight_decay, differentiable, step_dtype, step_on_param_device):
+    lr = _lr_value(lr)
+    for param, state in zip(params, states):
+        if len(state) == 0:
+            state["step"] = torch.zeros((), dtype=step_dtype, device=param.device if step_on_param_device else "cpu")
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            if amsgrad:
+                state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        grad = param.grad if not maximize else -param.grad
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        max_exp_avg_sq = state.get("max_exp_avg_sq")
+        step_t = state["step"]
+        step_t += 1
+
+        if weight_decay != 0:
+            if decoupled_weight_decay:
+                param.mul_(1 - lr * weight_decay)
+            else:
+                grad = grad.add(param, alpha=weight_decay)
+
+        if torch.is_complex(param):
+            grad = torch.view_as_real(grad)
+            exp_avg = torch.view_as_real(exp_avg)
+            exp_avg_sq = torch.view_as_real(exp_avg_sq)
+            if amsgrad:
+                max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
+            param = torch.view_as_real(param)
+
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+
+        if differentiable:
+            # The step as a tensor expression, so autograd sees every dependency.
+            bias_correction1 = 1 - beta1 ** step_t
+            bias_correction2 = 1 - beta2 ** step_t
+            step_size_neg = (lr / bias_correction1).neg()
+            bias_correction2_sqrt = bias_correction2.sqrt()
+            if amsgrad:
+                max_exp_avg_sq.copy_(torch.maximum(max_exp_avg_sq.clone(), exp_avg_sq))
+                second_moment = max_exp_avg_sq
+            else:
+                second_moment = exp_avg_sq
+            denom = (second_moment.sqrt() / (bias_correction2_sqrt * step_size_neg)).add_(eps / step_size_neg)
+            param.addcdiv_(exp_avg.clone(), denom)
+        else:
+            step = step_t.item()
+            bias_correction1 = 1 - beta1 ** step
+            bias_correction2 = 1 - beta2 ** step
+            step_size = lr / bias_correction1
+            bias_correction2_sqrt = bias_correction2 ** 0.5
+            if amsgrad:
+                torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+                second_moment = max_exp_avg_sq
+            else:
+                second_moment = exp_avg_sq
+            denom = (second_moment.sqrt() / bias_correction2_sqrt).add_(eps)
+            param.addcdiv_(exp_avg, denom, value=-step_size)

@@ -1,0 +1,136 @@
+"""Adam: fused torch.optim.Adam (and, with decoupled_weight_decay, AdamW)."""
+
+import torch
+from torch.optim.adam import Adam as _TorchAdam
+
+from fusedoptim import _reference
+from fusedoptim.optimizer import FusedOptimizer, _scalar
+
+__all__ = ["Adam"]
+
+
+def _to_scalar(x):
+    # As torch.optim does: a 1-element tensor hyperparameter becomes 0-dim.
+    return x.squeeze() if isinstance(x, torch.Tensor) and x.dim() != 0 else x
+
+
+class Adam(FusedOptimizer):
+    _has_step = True
+
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0,
+        amsgrad=False,
+        *,
+        foreach=None,
+        maximize=False,
+        capturable=False,
+        differentiable=False,
+        fused=None,
+        decoupled_weight_decay=False,
+    ):
+        if isinstance(lr, torch.Tensor):
+            if foreach and not capturable:
+                raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
+            if lr.numel() != 1:
+                raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if not (
+            (isinstance(betas[0], float) and isinstance(betas[1], float))
+            or (isinstance(betas[0], torch.Tensor) and isinstance(betas[1], torch.Tensor))
+        ):
+            raise ValueError("betas must be either both floats or both Tensors")
+        for index, beta in enumerate(betas):
+            if isinstance(beta, torch.Tensor):
+                if not capturable and foreach:
+                    raise ValueError(
+                        f"betas[{index}] as a Tensor is not supported for capturable=False and foreach=True"
+                    )
+                if beta.numel() != 1:
+                    raise ValueError(f"Tensor betas[{index}] must be 1-element")
+        betas = tuple(map(_to_scalar, betas))
+
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+            "foreach": foreach,
+            "capturable": capturable,
+            "differentiable": differentiable,
+            "fused": fused,
+            "decoupled_weight_decay": decoupled_weight_decay,
+        }
+        super().__init__(params, defaults)
+
+        if fused:
+            if differentiable:
+                raise RuntimeError("`fused` does not support `differentiable`")
+            if foreach:
+                raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("amsgrad", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("capturable", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("decoupled_weight_decay", False)
+            group.setdefault("fused", None)
+            for p in group["params"]:
+                p_state = self.state.get(p, [])
+                if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
+                    on_device = group["capturable"] or group["fused"]
+                    dict.__setitem__(p_state, "step", torch.tensor(
+                        float(p_state["step"]), dtype=self._step_dtype(group), device=p.device if on_device else "cpu"
+                    ))
+
+    def _state_names(self, group):
+        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
+
+    def _fused_step(self, group, bucket):
+        beta1, beta2 = group["betas"]
+        bucket.adam(
+            _scalar(group["lr"]), _scalar(beta1), _scalar(beta2), _scalar(group["eps"]),
+            _scalar(group["weight_decay"]), bool(group["amsgrad"]), bool(group["maximize"]),
+            bool(group["decoupled_weight_decay"]),
+        )
+
+    def _check_reference_grads(self, group, params):
+        for p in params:
+            if p.grad.is_sparse:
+                raise RuntimeError("Adam does not support sparse gradients, please consider SparseAdam instead")
+
+    def _reference_step(self, group, params):
+        beta1, beta2 = group["betas"]
+        _reference.adam(
+            params, [self.state[p] for p in params],
+            lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+            amsgrad=group["amsgrad"], maximize=group["maximize"],
+            decoupled_weight_decay=group["decoupled_weight_decay"], differentiable=group["differentiable"],
+            step_dtype=self._step_dtype(group), step_on_param_device=bool(group["capturable"] or group["fused"]),
+        )
+
+
+Adam.__doc__ = _TorchAdam.__doc__ + """
+    fusedoptim: the step runs one fused kernel per bucket (param group x dtype) on the CPU.
+    ``foreach``, ``fused`` and ``capturable`` are accepted for compatibility and have no effect
+    there; ``differentiable=True`` takes the plain-torch reference path.
+"""

@@ -1,0 +1,341 @@
+"""The base of every fusedoptim optimizer: torch.optim's interface over fused buckets.
+
+NOTE: [Buckets and the plan]
+A bucket is the params of one param group that share a storage dtype on the CPU (complex
+params count as their real dtype). For each bucket the plan holds one flat buffer per state
+name (exp_avg, ...), one step counter per param, and a compiled `_C.Bucket` that turns the
+params' grads into the flat address table the kernels sweep in one parallel region. The
+views the user sees in `self.state[p]` are slices of those buffers, under torch's keys, so
+`state_dict()` has exactly torch.optim's format.
+
+The plan is built on the first step and rebuilt only when something changed:
+- param groups added (add_param_group), replaced (load_state_dict) or edited in place
+  (their `params` list or an option that changes the state layout, see `_layout_key`);
+- `self.state` replaced or any entry of it changed (see NOTE: [Tracked state]);
+- the compiled bucket reports that its table no longer fits: a grad appeared for a param
+  without state, a param changed dtype, size, device or contiguity, or a grad became sparse.
+So a step costs O(param groups) in Python plus a few tens of nanoseconds per tensor in C++.
+
+NOTE: [Reference path]
+Params the kernels can't take (not on the CPU, non-contiguous, sparse grads, duplicated in a
+group) and whole groups with differentiable=True run `fusedoptim._reference`: plain torch ops
+in torch.optim's single-tensor order, on per-param state tensors. It is correct, just not
+fused; device and layout cases warn once (ReferencePathWarning).
+
+NOTE: [Failed steps change nothing]
+A step first validates every grad (the compiled prepare() for buckets, `_check_reference_grads`
+for the rest) and only then commits a new plan's state views and runs kernels. A new plan
+builds its buffers without touching `self.state`, so an error leaves params and state as they were.
+"""
+
+import warnings
+
+import torch
+from torch.optim.optimizer import Optimizer, _use_grad_for_differentiable
+
+from fusedoptim import _extension
+from fusedoptim._state import StateMap
+
+__all__ = ["FusedOptimizer", "ReferencePathWarning"]
+
+# Element offsets of params inside a flat state buffer are multiples of this, so every
+# param's state starts on a 64-byte boundary (and complex views stay aligned).
+_OFFSET_ALIGNMENT = 16
+
+_FUSED_DTYPES = (
+    torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64, torch.complex128,
+)
+
+
+class ReferencePathWarning(UserWarning):
+    """Some params take the plain-torch reference path (correct, but not fused)."""
+
+
+def _real_dtype(dtype):
+    return {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(dtype, dtype)
+
+
+def _scalar(value):
+    """A hyperparameter as a Python float (torch accepts 1-element tensors for some)."""
+    return value.item() if isinstance(value, torch.Tensor) else float(value)
+
+
+def _flat_view(buffer, offset, param):
+    """The slice of a flat state buffer that holds `param`'s state, shaped like `param`."""
+    if param.is_complex():
+        return torch.view_as_complex(buffer.narrow(0, offset, 2 * param.numel()).view(*param.shape, 2))
+    return buffer.narrow(0, offset, param.numel()).view(param.shape)
+
+
+class _Bucket:
+    """The Python side of one bucket: its params, flat buffers and compiled table."""
+
+    def __init__(self, params, names, state_names, has_step, step_dtype, states_of, first_step_of):
+        self.params = params
+        self.state_names = state_names
+        dtype = _real_dtype(params[0].dtype)
+        offsets, total = [], 0
+        for p in params:
+            if states_of(p) is None:
+                offsets.append(-1)
+                continue
+            offsets.append(total)
+            size = p.numel() * (2 if p.is_complex() else 1)
+            total += -(-size // _OFFSET_ALIGNMENT) * _OFFSET_ALIGNMENT
+        self.offsets = offsets
+        self.buffers = {name: torch.zeros(total, dtype=dtype) for name in state_names}
+        self.steps = torch.zeros(len(params), dtype=step_dtype) if has_step else None
+        first_step = []
+        for i, p in enumerate(params):
+            old = states_of(p)
+            first_step.append(int(first_step_of(old)) if old is not None else 0)
+            if old is None:
+                continue
+            # Carry over what the state already holds (after a load_state_dict, a moved
+            # param or a layout change); missing entries start at zero, as torch's would.
+            for name in state_names:
+                value = old.get(name)
+                if isinstance(value, torch.Tensor):
+                    _flat_view(self.buffers[name], offsets[i], p).copy_(value.detach())
+            if has_step and "step" in old:
+                self.steps[i] = _scalar(old["step"])
+        self.compiled = _extension._C.Bucket(
+            params, names, [self.buffers[n] for n in state_names], offsets,
+            self.steps, first_step,
+        )
+
+    def commit(self, state):
+        """Puts this bucket's views into `state` under torch's keys."""
+        for i, p in enumerate(self.params):
+            if self.offsets[i] < 0:
+                continue
+            entry = state[p]
+            if self.steps is not None:
+                dict.__setitem__(entry, "step", self.steps[i])
+            for name in self.state_names:
+                dict.__setitem__(entry, name, _flat_view(self.buffers[name], self.offsets[i], p))
+
+
+class _Plan:
+    """Everything a step needs, valid until the optimizer's groups or state change."""
+
+    def __init__(self, optimizer, only_existing_state=False):
+        self.groups = []  # per group: (group, buckets, reference params)
+        self.layout = optimizer._layout_snapshot()
+        self.state = optimizer.state
+        self.state_version = None  # set by commit()
+        for g, group in enumerate(optimizer.param_groups):
+            params = group["params"]
+            fused, reference = optimizer._split_group(g, group)
+            by_dtype = {}
+            for i in fused:
+                by_dtype.setdefault(_real_dtype(params[i].dtype), []).append(i)
+
+            def slot_state(p):
+                # A param gets a slot in the flat buffers if it has state, or will get it
+                # on this step (it has a grad). None: no slot.
+                existing = optimizer.state.get(p)
+                if existing:
+                    return existing
+                if not only_existing_state and p.grad is not None and optimizer._wants_state(group):
+                    return {}
+                return None
+
+            buckets = [
+                _Bucket(
+                    [params[i] for i in indices],
+                    [f"param_groups[{g}]['params'][{i}]" for i in indices],
+                    optimizer._state_names(group),
+                    optimizer._has_step,
+                    optimizer._step_dtype(group),
+                    slot_state,
+                    optimizer._first_step,
+                )
+                for indices in by_dtype.values()
+            ]
+            self.groups.append((group, buckets, [params[i] for i in reference]))
+
+    def prepare(self):
+        """Validates all grads and fills the tables; False if the plan must be rebuilt."""
+        ready = True
+        for _, buckets, _ in self.groups:
+            for bucket in buckets:
+                ready &= bucket.compiled.prepare() == 0
+        return ready
+
+    def commit(self, state):
+        for _, buckets, _ in self.groups:
+            for bucket in buckets:
+                bucket.commit(state)
+        self.state_version = state.version
+
+
+class FusedOptimizer(Optimizer):
+    """A torch.optim.Optimizer whose step() runs fused kernels over buckets.
+
+    Subclasses give the algorithm: its state names in slot order, whether it keeps a `step`
+    counter, the options that change the state layout, and the fused and reference steps.
+    """
+
+    _plan = None
+    _has_step = False
+
+    def __init__(self, params, defaults):
+        super().__init__(params, defaults)
+        self.state = StateMap(self.state)
+        self.last_step_paths = {"fused": 0, "reference": 0}
+        self._warned_reference_path = False
+
+    # ---- what each algorithm defines ------------------------------------------------
+    def _state_names(self, group):
+        """The flat states of a group, in the kernel's slot order."""
+        raise NotImplementedError
+
+    def _wants_state(self, group):
+        """Whether a param of this group gets state on its first step with a grad."""
+        return bool(self._state_names(group)) or self._has_step
+
+    def _first_step(self, param_state):
+        """Whether a param with this (possibly empty) state has not stepped yet (SGD)."""
+        return False
+
+    def _layout_key(self, group):
+        """Options whose change needs a new plan (they change states or routing)."""
+        return (tuple(self._state_names(group)), bool(group.get("differentiable")), self._step_dtype(group))
+
+    def _step_dtype(self, group):
+        if group.get("fused") or group.get("capturable"):
+            return torch.float32
+        return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+    def _fused_step(self, group, bucket):
+        raise NotImplementedError
+
+    def _reference_step(self, group, params):
+        raise NotImplementedError
+
+    def _check_reference_grads(self, group, params):
+        """Raise before anything is modified if the reference step would reject a grad."""
+
+    # ---- torch.optim interface ------------------------------------------------------
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        self._plan = None
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        # Pack the loaded state into flat buffers now: the optimizer then never aliases the
+        # loaded dict's tensors, and the next step finds its plan ready.
+        self._plan = None
+        packed = set()
+        if _extension.extension_available():
+            plan = _Plan(self, only_existing_state=True)
+            plan.commit(self.state)
+            self._plan = plan
+            packed = {p for _, buckets, _ in plan.groups for b in buckets for p, o in zip(b.params, b.offsets) if o >= 0}
+        for param, entry in self.state.items():
+            if param not in packed:
+                for key, value in entry.items():
+                    if isinstance(value, torch.Tensor):
+                        dict.__setitem__(entry, key, value.clone())
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if not isinstance(self.state, StateMap):
+            self.state = StateMap(self.state)
+        self._plan = None
+        self.__dict__.setdefault("last_step_paths", {"fused": 0, "reference": 0})
+        self.__dict__.setdefault("_warned_reference_path", False)
+
+    def state_dict(self):
+        state_dict = super().state_dict()
+        # Plain dicts, as torch.optim returns, so torch.load(weights_only=True) reads them.
+        state_dict["state"] = {k: dict(v) for k, v in state_dict["state"].items()}
+        return state_dict
+
+    # ---- the step ---------------------------------------------------------------------
+    def _layout_snapshot(self):
+        return [(group, group["params"], len(group["params"]), self._layout_key(group))
+                for group in self.param_groups]
+
+    def _plan_is_current(self, plan):
+        if plan.state is not self.state or plan.state_version != self.state.version:
+            return False
+        now = self._layout_snapshot()
+        return len(now) == len(plan.layout) and all(
+            a[0] is b[0] and a[1] is b[1] and a[2:] == b[2:] for a, b in zip(now, plan.layout)
+        )
+
+    def _split_group(self, g, group):
+        """Indices of a group's params for the fused path and for the reference path."""
+        params = group["params"]
+        if not _extension.extension_available() or group.get("differentiable"):
+            return [], list(range(len(params)))
+        if len(set(params)) != len(params):
+            return [], list(range(len(params)))  # duplicates: torch updates them twice
+        fused, reference, unsupported = [], [], []
+        for i, p in enumerate(params):
+            grad = p.grad
+            if p.device.type != "cpu" or p.dtype not in _FUSED_DTYPES or not p.is_contiguous() or p.layout != torch.strided:
+                unsupported.append(p)
+                reference.append(i)
+            elif grad is not None and grad.layout != torch.strided:
+                reference.append(i)
+            else:
+                fused.append(i)
+        if unsupported and not self._warned_reference_path:
+            self._warned_reference_path = True
+            kinds = sorted({f"{p.device.type}/{p.dtype}/{'contiguous' if p.is_contiguous() else 'strided'}" for p in unsupported})
+            warnings.warn(
+                f"fusedoptim.{type(self).__name__}: {len(unsupported)} params of param_groups[{g}] "
+                f"({', '.join(kinds)}) have no fused kernel here and take the plain-torch reference path",
+                ReferencePathWarning,
+                stacklevel=4,
+            )
+        return fused, reference
+
+    def _ready_plan(self):
+        plan = self._plan
+        if plan is None or not self._plan_is_current(plan):
+            plan = _Plan(self)
+        if not plan.prepare():
+            plan = _Plan(self)
+            if not plan.prepare():
+                raise AssertionError("fusedoptim: a freshly built plan does not fit its params")
+        for group, _, reference in plan.groups:
+            self._check_reference_grads(group, [p for p in reference if p.grad is not None])
+        if plan is not self._plan:
+            plan.commit(self.state)
+            self._plan = plan
+        return plan
+
+    @_use_grad_for_differentiable
+    def step(self, closure=None):
+        """Perform a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model
+                and returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if not isinstance(self.state, StateMap):
+            self.state = StateMap(self.state)
+        plan = self._ready_plan()
+        fused = reference = 0
+        for group, buckets, reference_params in plan.groups:
+            for bucket in buckets:
+                if bucket.compiled.num_entries:
+                    self._fused_step(group, bucket.compiled)
+                    fused += bucket.compiled.num_entries
+            with_grad = [p for p in reference_params if p.grad is not None]
+            if with_grad:
+                version = self.state.version
+                self._reference_step(group, with_grad)
+                if plan.state_version == version:
+                    plan.state_version = self.state.version  # the reference path's own state
+                reference += len(with_grad)
+        self.last_step_paths = {"fused": fused, "reference": reference}
+        return loss

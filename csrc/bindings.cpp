@@ -1,5 +1,7 @@
 // The Python module fusedoptim._C: buckets and their per-algorithm steps, and the CPU
 // instruction-set controls. The only file that talks to Python.
+#include <functional>
+
 #include <torch/extension.h>
 #include <torch/version.h>
 
@@ -8,7 +10,8 @@
 
 namespace fusedoptim {
 namespace cpu {
-void adam_step(Bucket& bucket, const math::AdamHyper& hyper);
+void adam_step(Bucket& bucket, const math::AdamHyper& hyper,
+               const std::function<math::AdamStepCoefs(double)>& coefs_at_step);
 void sgd_step(Bucket& bucket, const math::SgdHyper& hyper);
 }  // namespace cpu
 }  // namespace fusedoptim
@@ -22,23 +25,43 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("built_with_torch") = py::str(TORCH_VERSION);
 
   py::class_<Bucket>(m, "Bucket")
-      .def(py::init([](std::vector<at::Tensor> params, std::vector<std::string> names, std::vector<at::Tensor> states,
-                       std::vector<int64_t> state_offsets, std::optional<at::Tensor> steps,
-                       std::vector<int64_t> first_step) {
-             return new Bucket(std::move(params), std::move(names), std::move(states), std::move(state_offsets),
-                               steps ? *steps : at::Tensor(), std::move(first_step));
+      .def(py::init([](std::vector<at::Tensor> params, std::vector<std::string> names,
+                       std::vector<std::vector<std::optional<at::Tensor>>> states,
+                       std::vector<std::optional<at::Tensor>> steps, std::vector<int64_t> first_step) {
+             auto defined = [](std::vector<std::optional<at::Tensor>>& maybe) {
+               std::vector<at::Tensor> out;
+               out.reserve(maybe.size());
+               for (auto& t : maybe) out.push_back(t ? std::move(*t) : at::Tensor());
+               return out;
+             };
+             std::vector<std::vector<at::Tensor>> state_tensors;
+             for (auto& per_state : states) state_tensors.push_back(defined(per_state));
+             return new Bucket(std::move(params), std::move(names), std::move(state_tensors), defined(steps),
+                               std::move(first_step));
            }),
-           py::arg("params"), py::arg("names"), py::arg("states"), py::arg("state_offsets"), py::arg("steps"),
-           py::arg("first_step"))
+           py::arg("params"), py::arg("names"), py::arg("states"), py::arg("steps"), py::arg("first_step"))
       .def("prepare", [](Bucket& b) { return static_cast<int>(b.prepare()); })
       .def_property_readonly("num_entries", &Bucket::num_entries)
       .def_property_readonly("num_params", &Bucket::num_params)
       .def("adam",
            [](Bucket& b, double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
-              bool maximize, bool decoupled_weight_decay) {
-             py::gil_scoped_release no_gil;
-             adam_step(b, {lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay});
-           })
+              bool maximize, bool decoupled_weight_decay, double decay_factor, py::object coefs_at_step) {
+             const fusedoptim::math::AdamHyper hyper{lr,      beta1,    beta2,   eps, weight_decay, amsgrad,
+                                                     maximize, decoupled_weight_decay, decay_factor};
+             if (coefs_at_step.is_none()) {
+               py::gil_scoped_release no_gil;
+               adam_step(b, hyper, [&](double step) { return fusedoptim::math::AdamStepCoefs::at_step(hyper, step); });
+             } else {
+               // Called once per distinct step count, with the GIL held.
+               adam_step(b, hyper, [&](double step) {
+                 auto pair = coefs_at_step(step).cast<std::pair<double, double>>();
+                 return fusedoptim::math::AdamStepCoefs{pair.first, pair.second};
+               });
+             }
+           },
+           py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
+           py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled_weight_decay"), py::arg("decay_factor"),
+           py::arg("coefs_at_step") = py::none())
       .def("sgd",
            [](Bucket& b, double lr, double momentum, double dampening, double weight_decay, bool nesterov,
               bool maximize) {

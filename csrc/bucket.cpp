@@ -17,30 +17,47 @@ DType storage_dtype(at::ScalarType type) {
 
 }  // namespace
 
-Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names, std::vector<at::Tensor> states,
-               std::vector<int64_t> state_offsets, at::Tensor steps, std::vector<int64_t> first_step)
-    : params_(std::move(params)), names_(std::move(names)), states_(std::move(states)),
-      state_offsets_(std::move(state_offsets)), steps_(std::move(steps)), first_step_(std::move(first_step)) {
+Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
+               std::vector<std::vector<at::Tensor>> states, std::vector<at::Tensor> steps,
+               std::vector<int64_t> first_step)
+    : params_(std::move(params)), names_(std::move(names)), states_(std::move(states)), steps_(std::move(steps)),
+      first_step_(std::move(first_step)) {
   const size_t n = params_.size();
   TORCH_CHECK(n > 0, "fusedoptim: a bucket needs at least one param");
-  TORCH_CHECK(names_.size() == n && state_offsets_.size() == n && first_step_.size() == n,
+  TORCH_CHECK(names_.size() == n && first_step_.size() == n && (steps_.empty() || steps_.size() == n),
               "fusedoptim: bucket tables of different lengths");
   TORCH_CHECK(static_cast<int>(states_.size()) <= kMaxSlots - kFirstStateSlot, "fusedoptim: too many states");
+  has_slots_ = !states_.empty() || !steps_.empty();
   dtype_ = storage_dtype(params_[0].scalar_type());
-  element_size_ = static_cast<int64_t>(c10::elementSize(c10::toRealValueType(params_[0].scalar_type())));
-  for (const at::Tensor& p : params_) {
+  state_ptrs_.assign(n, {});
+  step_ptrs_.assign(n, nullptr);
+  step_is_double_.assign(n, 0);
+  has_state_.assign(n, 1);
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& p = params_[i];
     TORCH_CHECK(storage_dtype(p.scalar_type()) == dtype_, "fusedoptim: mixed storage dtypes in one bucket");
     param_dtypes_.push_back(p.scalar_type());
     param_numels_.push_back(p.numel());
-  }
-  for (const at::Tensor& s : states_) {
-    TORCH_CHECK(s.is_contiguous() && s.dim() == 1 && storage_dtype(s.scalar_type()) == dtype_,
-                "fusedoptim: state buffers must be flat and of the bucket's dtype");
-  }
-  if (steps_.defined()) {
-    TORCH_CHECK(steps_.dim() == 1 && steps_.numel() == static_cast<int64_t>(n) && steps_.is_contiguous() &&
-                    (steps_.scalar_type() == at::kFloat || steps_.scalar_type() == at::kDouble),
-                "fusedoptim: step counters must be one float per param");
+    for (size_t s = 0; s < states_.size(); ++s) {
+      TORCH_CHECK(states_[s].size() == n, "fusedoptim: bucket tables of different lengths");
+      const at::Tensor& state = states_[s][i];
+      if (!state.defined()) {
+        has_state_[i] = 0;
+        continue;
+      }
+      TORCH_CHECK(state.is_cpu() && state.is_contiguous() && state.scalar_type() == p.scalar_type() &&
+                      state.numel() == p.numel(),
+                  "fusedoptim: the state of ", names_[i], " must be a contiguous CPU tensor like the param");
+      state_ptrs_[i][s] = state.data_ptr();
+    }
+    if (!steps_.empty() && !steps_[i].defined()) has_state_[i] = 0;
+    if (!steps_.empty() && steps_[i].defined()) {
+      const at::Tensor& step = steps_[i];
+      TORCH_CHECK(step.is_cpu() && step.numel() == 1 && (step.scalar_type() == at::kFloat || step.scalar_type() == at::kDouble),
+                  "fusedoptim: the step of ", names_[i], " must be a one-element float CPU tensor");
+      step_ptrs_[i] = step.data_ptr();
+      step_is_double_[i] = step.scalar_type() == at::kDouble;
+    }
   }
   entries_.reserve(n);
   prefix_.reserve(n + 1);
@@ -82,7 +99,7 @@ Bucket::Status Bucket::prepare() {
                 " but the param has shape ", param.sizes());
     TORCH_CHECK(grad.device() == param.device(), "the grad of ", names_[i], " is on ", grad.device(),
                 " but the param is on ", param.device());
-    if (state_offsets_[i] < 0 && (!states_.empty() || steps_.defined())) {
+    if (has_slots_ && !has_state_[i]) {
       needs_rebuild = true;
       continue;
     }
@@ -95,10 +112,7 @@ Bucket::Status Bucket::prepare() {
     TensorEntry entry{};
     entry.ptr[kParamSlot] = param.data_ptr();
     entry.ptr[kGradSlot] = contiguous_grad->data_ptr();
-    for (size_t s = 0; s < states_.size(); ++s) {
-      entry.ptr[kFirstStateSlot + s] =
-          static_cast<char*>(states_[s].data_ptr()) + state_offsets_[i] * element_size_;
-    }
+    for (size_t s = 0; s < states_.size(); ++s) entry.ptr[kFirstStateSlot + s] = state_ptrs_[i][s];
     entry.numel = numel;
     entry.first_step = static_cast<int32_t>(first_step_[i]);
     entries_.push_back(entry);
@@ -119,15 +133,16 @@ BucketTable Bucket::table() const {
 }
 
 const std::vector<double>& Bucket::advance_steps() {
-  TORCH_CHECK(steps_.defined(), "fusedoptim: this bucket keeps no step counters");
+  TORCH_CHECK(!steps_.empty(), "fusedoptim: this bucket keeps no step counters");
   entry_steps_.resize(entries_.size());
-  // torch keeps `step` as a float tensor and adds 1 in that dtype; then reads it as a double.
-  if (steps_.scalar_type() == at::kFloat) {
-    float* steps = steps_.data_ptr<float>();
-    for (size_t k = 0; k < entries_.size(); ++k) entry_steps_[k] = steps[entry_params_[k]] += 1.0f;
-  } else {
-    double* steps = steps_.data_ptr<double>();
-    for (size_t k = 0; k < entries_.size(); ++k) entry_steps_[k] = steps[entry_params_[k]] += 1.0;
+  // torch keeps `step` as a float tensor and adds 1 in its dtype; then reads it as a double.
+  for (size_t k = 0; k < entries_.size(); ++k) {
+    const int64_t i = entry_params_[k];
+    if (step_is_double_[i]) {
+      entry_steps_[k] = *static_cast<double*>(step_ptrs_[i]) += 1.0;
+    } else {
+      entry_steps_[k] = *static_cast<float*>(step_ptrs_[i]) += 1.0f;
+    }
   }
   return entry_steps_;
 }

@@ -3,6 +3,7 @@
 // plan changes; each step calls prepare() (read grads, validate, fill the table) and then
 // one algorithm's run (see <algo>_cpu.cpp).
 #pragma once
+#include <array>
 #include <string>
 #include <vector>
 
@@ -15,13 +16,15 @@ namespace fusedoptim {
 class Bucket {
  public:
   // params: every param of the bucket, with or without state. names: how errors name them
-  // ("param_groups[0]['params'][3]"). states: one flat buffer per state name, in the
-  // algorithm's slot order. state_offsets: each param's element offset into every state
-  // buffer, -1 where the param has no state yet. steps: a per-param step counter (1-D,
-  // float32 or float64, may be undefined). first_step: per param, 1 while its state holds
-  // no values yet (SGD's momentum buffer starts as a copy of the grad).
-  Bucket(std::vector<at::Tensor> params, std::vector<std::string> names, std::vector<at::Tensor> states,
-         std::vector<int64_t> state_offsets, at::Tensor steps, std::vector<int64_t> first_step);
+  // ("param_groups[0]['params'][3]"). states[s][i]: the tensor holding state s of param i, in
+  // the algorithm's slot order, undefined where the param has no state yet; they are the
+  // tensors in optimizer.state[p] (views of flat buffers when the plan allocated them).
+  // steps[i]: param i's 0-dim step counter (float32 or float64), if the algorithm keeps one.
+  // first_step[i]: 1 while param i's state holds no values yet (SGD's momentum buffer
+  // starts as a copy of the grad).
+  Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
+         std::vector<std::vector<at::Tensor>> states, std::vector<at::Tensor> steps,
+         std::vector<int64_t> first_step);
 
   enum Status : int { kReady = 0, kNeedsRebuild = 1 };
 
@@ -47,16 +50,21 @@ class Bucket {
  private:
   std::vector<at::Tensor> params_;
   std::vector<std::string> names_;
-  std::vector<at::Tensor> states_;
-  std::vector<int64_t> state_offsets_;
-  at::Tensor steps_;
+  std::vector<std::vector<at::Tensor>> states_;  // kept alive: the table points into them
+  std::vector<at::Tensor> steps_;
   std::vector<int64_t> first_step_;
+  bool has_slots_;  // whether params need state (and a step) before they can step
+
+  // Cached at construction: the state and step addresses of each param (null: no state).
+  std::vector<std::array<void*, kMaxSlots - kFirstStateSlot>> state_ptrs_;
+  std::vector<void*> step_ptrs_;
+  std::vector<uint8_t> step_is_double_;
+  std::vector<uint8_t> has_state_;  // every state (and the step) of the param is defined
 
   // What the plan was built for; a param that no longer matches needs a rebuild.
   std::vector<at::ScalarType> param_dtypes_;
   std::vector<int64_t> param_numels_;
   DType dtype_;
-  int64_t element_size_;
 
   // Per step.
   std::vector<TensorEntry> entries_;

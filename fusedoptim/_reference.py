@@ -16,7 +16,10 @@ def _lr_value(lr):
 
 def sgd(params, states, *, lr, momentum, dampening, weight_decay, nesterov, maximize):
     lr = _lr_value(lr)
-    for param, state in zip(params, states):
+    # Read every momentum buffer before updating any, as torch.optim does: a param listed
+    # twice then starts both of its buffers from the grad on its first step.
+    buffers = [state.get("momentum_buffer") for state in states]
+    for param, state, buf in zip(params, states, buffers):
         grad = param.grad if not maximize else -param.grad
         if weight_decay != 0:
             if isinstance(weight_decay, torch.Tensor) and weight_decay.requires_grad:
@@ -24,7 +27,6 @@ def sgd(params, states, *, lr, momentum, dampening, weight_decay, nesterov, maxi
             else:
                 grad = grad.add(param, alpha=weight_decay)
         if momentum != 0:
-            buf = state.get("momentum_buffer")
             if buf is None:
                 buf = grad.detach().clone()
             else:
@@ -39,7 +41,8 @@ def sgd(params, states, *, lr, momentum, dampening, weight_decay, nesterov, maxi
 
 def adam(params, states, *, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
          decoupled_weight_decay, differentiable, step_dtype, step_on_param_device):
-    lr = _lr_value(lr)
+    if isinstance(lr, torch.Tensor) and lr.dim() != 0:
+        lr = lr.squeeze()
     for param, state in zip(params, states):
         if len(state) == 0:
             state["step"] = torch.zeros((), dtype=step_dtype, device=param.device if step_on_param_device else "cpu")

@@ -106,17 +106,29 @@ class Adam(FusedOptimizer):
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
     def _fused_step(self, group, bucket):
-        beta1, beta2 = group["betas"]
+        lr, (beta1, beta2), weight_decay = group["lr"], group["betas"], group["weight_decay"]
+        coefs_at_step = None
+        if any(isinstance(x, torch.Tensor) for x in (lr, beta1, beta2)):
+            # NOTE: [Tensor hyperparameters]
+            # With Tensor lr or betas, torch.optim's bias corrections and step size are tensor
+            # arithmetic in the tensor's dtype (powf, torch's sqrt, reciprocal * scalar), not
+            # Python floats. Evaluate torch's own expressions once per distinct step count.
+            def coefs_at_step(step):
+                step_size = lr / (1 - beta1**step)
+                return -_scalar(step_size), _scalar((1 - beta2**step) ** 0.5)
+
         bucket.adam(
-            _scalar(group["lr"]), _scalar(beta1), _scalar(beta2), _scalar(group["eps"]),
-            _scalar(group["weight_decay"]), bool(group["amsgrad"]), bool(group["maximize"]),
-            bool(group["decoupled_weight_decay"]),
+            _scalar(lr), _scalar(beta1), _scalar(beta2), _scalar(group["eps"]), _scalar(weight_decay),
+            bool(group["amsgrad"]), bool(group["maximize"]), bool(group["decoupled_weight_decay"]),
+            _scalar(1 - lr * weight_decay), coefs_at_step,
         )
 
-    def _check_reference_grads(self, group, params):
-        for p in params:
+    def _check_step(self, group, reference_params):
+        for p in reference_params:
             if p.grad.is_sparse:
                 raise RuntimeError("Adam does not support sparse gradients, please consider SparseAdam instead")
+        if group["foreach"] and torch.is_tensor(group["lr"]) and not group["capturable"]:
+            raise RuntimeError("lr as a Tensor is not supported for capturable=False and foreach=True")
 
     def _reference_step(self, group, params):
         beta1, beta2 = group["betas"]

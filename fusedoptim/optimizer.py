@@ -23,8 +23,8 @@ in torch.optim's single-tensor order, on per-param state tensors. It is correct,
 fused; device and layout cases warn once (ReferencePathWarning).
 
 NOTE: [Failed steps change nothing]
-A step first validates every grad (the compiled prepare() for buckets, `_check_reference_grads`
-for the rest) and only then commits a new plan's state views and runs kernels. A new plan
+A step first validates every grad (the compiled prepare() for buckets, `_check_step` for the
+rest) and only then commits a new plan's state views and runs kernels. A new plan
 builds its buffers without touching `self.state`, so an error leaves params and state as they were.
 """
 
@@ -67,59 +67,99 @@ def _flat_view(buffer, offset, param):
     return buffer.narrow(0, offset, param.numel()).view(param.shape)
 
 
-class _Bucket:
-    """The Python side of one bucket: its params, flat buffers and compiled table."""
+def _reusable_state(value, param):
+    """Whether an existing state tensor can be swept in place (it stays the live tensor)."""
+    return (
+        isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.layout == torch.strided
+        and value.dtype == param.dtype and value.shape == param.shape and value.is_contiguous()
+    )
 
-    def __init__(self, params, names, state_names, has_step, step_dtype, states_of, first_step_of):
+
+def _reusable_step(value):
+    return (
+        isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.numel() == 1
+        and value.dtype in (torch.float32, torch.float64) and value.is_contiguous()
+    )
+
+
+class _Bucket:
+    """The Python side of one bucket: its params, their state tensors and the compiled table.
+
+    A param with state keeps its state tensors when they can be swept in place, so references
+    to them stay live as in torch.optim; the others (first step, or after load_state_dict,
+    which must not alias the loaded dict) get views of one new flat buffer per state name.
+    """
+
+    def __init__(self, params, names, state_names, has_step, step_dtype, slot_states, first_step_of, copy_existing):
         self.params = params
         self.state_names = state_names
-        dtype = _real_dtype(params[0].dtype)
-        offsets, total = [], 0
-        for p in params:
-            if states_of(p) is None:
-                offsets.append(-1)
+        n = len(params)
+        self.has_slot = [st is not None for st in slot_states]
+        self.states = {name: [None] * n for name in state_names}
+        self.steps = [None] * n if has_step else None
+        needs_storage = {name: [] for name in state_names}
+        needs_step = []
+        for i, (p, st) in enumerate(zip(params, slot_states)):
+            if st is None:
                 continue
-            offsets.append(total)
-            size = p.numel() * (2 if p.is_complex() else 1)
-            total += -(-size // _OFFSET_ALIGNMENT) * _OFFSET_ALIGNMENT
-        self.offsets = offsets
-        self.buffers = {name: torch.zeros(total, dtype=dtype) for name in state_names}
-        self.steps = torch.zeros(len(params), dtype=step_dtype) if has_step else None
-        first_step = []
-        for i, p in enumerate(params):
-            old = states_of(p)
-            first_step.append(int(first_step_of(old)) if old is not None else 0)
-            if old is None:
-                continue
-            # Carry over what the state already holds (after a load_state_dict, a moved
-            # param or a layout change); missing entries start at zero, as torch's would.
             for name in state_names:
-                value = old.get(name)
-                if isinstance(value, torch.Tensor):
-                    _flat_view(self.buffers[name], offsets[i], p).copy_(value.detach())
-            if has_step and "step" in old:
-                self.steps[i] = _scalar(old["step"])
+                value = st.get(name)
+                if not copy_existing and _reusable_state(value, p):
+                    self.states[name][i] = value
+                else:
+                    needs_storage[name].append(i)
+            if has_step:
+                value = st.get("step")
+                if not copy_existing and _reusable_step(value):
+                    self.steps[i] = value
+                else:
+                    needs_step.append(i)
+        dtype = _real_dtype(params[0].dtype)
+        for name, indices in needs_storage.items():
+            offsets, total = [], 0
+            for i in indices:
+                offsets.append(total)
+                size = params[i].numel() * (2 if params[i].is_complex() else 1)
+                total += -(-size // _OFFSET_ALIGNMENT) * _OFFSET_ALIGNMENT
+            buffer = torch.zeros(total, dtype=dtype)
+            for i, offset in zip(indices, offsets):
+                view = _flat_view(buffer, offset, params[i])
+                old = slot_states[i].get(name)
+                if isinstance(old, torch.Tensor):
+                    view.copy_(old.detach())  # carry over what the state held
+                self.states[name][i] = view
+        if needs_step:
+            counters = torch.zeros(len(needs_step), dtype=step_dtype)
+            for k, i in enumerate(needs_step):
+                old = slot_states[i].get("step")
+                if isinstance(old, torch.Tensor) and old.dtype in (torch.float32, torch.float64) and old.dtype != step_dtype:
+                    self.steps[i] = old.detach().to("cpu", copy=True).reshape(())  # torch keeps a loaded step's dtype
+                else:
+                    if old is not None:
+                        counters[k] = _scalar(old)
+                    self.steps[i] = counters[k]
+        first_step = [int(first_step_of(st)) if st is not None else 0 for st in slot_states]
         self.compiled = _extension._C.Bucket(
-            params, names, [self.buffers[n] for n in state_names], offsets,
-            self.steps, first_step,
+            params, names, [self.states[name] for name in state_names], self.steps if has_step else [], first_step,
         )
 
     def commit(self, state):
-        """Puts this bucket's views into `state` under torch's keys."""
+        """Puts this bucket's state tensors into `state` under torch's keys."""
         for i, p in enumerate(self.params):
-            if self.offsets[i] < 0:
+            if not self.has_slot[i]:
                 continue
             entry = state[p]
-            if self.steps is not None:
+            if self.steps is not None and entry.get("step") is not self.steps[i]:
                 dict.__setitem__(entry, "step", self.steps[i])
             for name in self.state_names:
-                dict.__setitem__(entry, name, _flat_view(self.buffers[name], self.offsets[i], p))
+                if entry.get(name) is not self.states[name][i]:
+                    dict.__setitem__(entry, name, self.states[name][i])
 
 
 class _Plan:
     """Everything a step needs, valid until the optimizer's groups or state change."""
 
-    def __init__(self, optimizer, only_existing_state=False):
+    def __init__(self, optimizer, after_load=False):
         self.groups = []  # per group: (group, buckets, reference params)
         self.layout = optimizer._layout_snapshot()
         self.state = optimizer.state
@@ -137,7 +177,7 @@ class _Plan:
                 existing = optimizer.state.get(p)
                 if existing:
                     return existing
-                if not only_existing_state and p.grad is not None and optimizer._wants_state(group):
+                if not after_load and p.grad is not None and optimizer._wants_state(group):
                     return {}
                 return None
 
@@ -148,8 +188,9 @@ class _Plan:
                     optimizer._state_names(group),
                     optimizer._has_step,
                     optimizer._step_dtype(group),
-                    slot_state,
+                    [slot_state(params[i]) for i in indices],
                     optimizer._first_step,
+                    copy_existing=after_load,
                 )
                 for indices in by_dtype.values()
             ]
@@ -214,8 +255,9 @@ class FusedOptimizer(Optimizer):
     def _reference_step(self, group, params):
         raise NotImplementedError
 
-    def _check_reference_grads(self, group, params):
-        """Raise before anything is modified if the reference step would reject a grad."""
+    def _check_step(self, group, reference_params):
+        """Raise, before anything is modified, what torch.optim's step would raise for this
+        group (reference_params: the group's params with a grad on the reference path)."""
 
     # ---- torch.optim interface ------------------------------------------------------
     def add_param_group(self, param_group):
@@ -229,10 +271,10 @@ class FusedOptimizer(Optimizer):
         self._plan = None
         packed = set()
         if _extension.extension_available():
-            plan = _Plan(self, only_existing_state=True)
+            plan = _Plan(self, after_load=True)
             plan.commit(self.state)
             self._plan = plan
-            packed = {p for _, buckets, _ in plan.groups for b in buckets for p, o in zip(b.params, b.offsets) if o >= 0}
+            packed = {p for _, buckets, _ in plan.groups for b in buckets for p, slot in zip(b.params, b.has_slot) if slot}
         for param, entry in self.state.items():
             if param not in packed:
                 for key, value in entry.items():
@@ -303,7 +345,7 @@ class FusedOptimizer(Optimizer):
             if not plan.prepare():
                 raise AssertionError("fusedoptim: a freshly built plan does not fit its params")
         for group, _, reference in plan.groups:
-            self._check_reference_grads(group, [p for p in reference if p.grad is not None])
+            self._check_step(group, [p for p in reference if p.grad is not None])
         if plan is not self._plan:
             plan.commit(self.state)
             self._plan = plan

@@ -76,8 +76,9 @@ class SGD(FusedOptimizer):
         )
 
     def _reference_step(self, group, params):
+        # Like torch.optim.SGD, touch the state only when there is momentum to keep.
         _reference.sgd(
-            params, [self.state[p] for p in params],
+            params, [self.state[p] for p in params] if group["momentum"] != 0 else [{} for _ in params],
             lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
             weight_decay=group["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"],
         )

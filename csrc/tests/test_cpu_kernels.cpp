@@ -81,9 +81,9 @@ const std::vector<int64_t> kSizes = {0, 1, 7, 8, 9, 15, 16, 17, 31, 33, 64, 4097
 template <typename T>
 void check_isa_identity(CpuCapability isa, const char* dtype_name) {
   const math::AdamHyper adam_variants[] = {
-      {1e-2, 0.9, 0.999, 1e-8, 0.0, false, false, false},
-      {1e-2, 0.9, 0.999, 1e-8, 0.1, true, true, false},
-      {1e-2, 0.3, 0.99, 1e-6, 0.1, true, false, true},  // 1 - beta1 >= 0.5: the other lerp branch
+      {1e-2, 0.9, 0.999, 1e-8, 0.0, false, false, false, 1.0},
+      {1e-2, 0.9, 0.999, 1e-8, 0.1, true, true, false, 1.0 - 1e-3},
+      {1e-2, 0.3, 0.99, 1e-6, 0.1, true, false, true, 1.0 - 1e-3},  // 1 - beta1 >= 0.5: the other lerp branch
   };
   for (const auto& hyper : adam_variants) {
     TestBucket<T> expected(kSizes, 1), actual(kSizes, 1);
@@ -125,7 +125,7 @@ void check_half_round_trips() {
 
 void check_rules_against_double_reference() {
   TestBucket<double> bucket({1, 9, 100}, 3), before({1, 9, 100}, 3);
-  const math::AdamHyper h{1e-3, 0.9, 0.999, 1e-8, 0.05, true, false, false};
+  const math::AdamHyper h{1e-3, 0.9, 0.999, 1e-8, 0.05, true, false, false, 1.0 - 1e-3 * 0.05};
   const double step = 3;
   for (auto& e : bucket.entries) {
     const auto coefs = math::AdamStepCoefs::at_step(h, step);

@@ -22,6 +22,7 @@ namespace math {
 struct AdamHyper {
   double lr, beta1, beta2, eps, weight_decay;
   bool amsgrad, maximize, decoupled_weight_decay;
+  double decay_factor;  // 1 - lr * weight_decay, computed by the caller as torch does (fusedoptim/adam.py)
 };
 
 // Per-param coefficients that depend on the param's own step count, in double, computed
@@ -45,7 +46,7 @@ struct AdamCoefs {
 
   FO_HOST_DEVICE explicit AdamCoefs(const AdamHyper& h)
       : one_minus_beta1(S(1.0 - h.beta1)), beta2(S(h.beta2)), one_minus_beta2(S(1.0 - h.beta2)),
-        eps(S(h.eps)), weight_decay(S(h.weight_decay)), decay_factor(S(1.0 - h.lr * h.weight_decay)),
+        eps(S(h.eps)), weight_decay(S(h.weight_decay)), decay_factor(S(h.decay_factor)),
         amsgrad(h.amsgrad), maximize(h.maximize), decoupled(h.decoupled_weight_decay),
         has_weight_decay(h.weight_decay != 0.0),
         lerp_weight_is_small(fabs(double(S(1.0 - h.beta1))) < 0.5) {}

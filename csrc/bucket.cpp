@@ -1,5 +1,6 @@
 #include "bucket.h"
 
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 namespace fusedoptim {
@@ -38,6 +39,7 @@ Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
     TORCH_CHECK(storage_dtype(p.scalar_type()) == dtype_, "fusedoptim: mixed storage dtypes in one bucket");
     param_dtypes_.push_back(p.scalar_type());
     param_numels_.push_back(p.numel());
+    storage_numels_.push_back(p.is_complex() ? 2 * p.numel() : p.numel());
     for (size_t s = 0; s < states_.size(); ++s) {
       TORCH_CHECK(states_[s].size() == n, "fusedoptim: bucket tables of different lengths");
       const at::Tensor& state = states_[s][i];
@@ -64,67 +66,104 @@ Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
   entry_params_.reserve(n);
 }
 
+// NOTE: [Prefetching the grads]
+// Reading 10,000 grads is a chain of dependent loads per param (param impl -> autograd meta ->
+// grad impl -> grad storage) that mostly misses the cache, since a step has just streamed the
+// model through it. So prepare() probes the params in parallel (each core has its own miss
+// buffers), and within a thread a software pipeline prefetches each level of the chain a few
+// params ahead so the misses of different params overlap. The probe records what it found
+// in a compact array; the table is then built from it sequentially.
+void Bucket::probe(int64_t begin, int64_t end) {
+  auto impl = [&](int64_t i) { return params_[i].unsafeGetTensorImpl(); };
+  const auto cpu = c10::DeviceType::CPU;
+  for (int64_t i = begin; i < end; ++i) {
+    if (i + 24 < end) __builtin_prefetch(impl(i + 24));
+    if (i + 16 < end) __builtin_prefetch(impl(i + 16)->autograd_meta());
+    if (i + 8 < end) {
+      const at::Tensor& ahead = impl(i + 8)->grad();
+      if (ahead.defined()) __builtin_prefetch(ahead.unsafeGetTensorImpl());
+    }
+    if (i + 4 < end) {
+      const at::Tensor& ahead = impl(i + 4)->grad();
+      if (ahead.defined()) __builtin_prefetch(ahead.unsafeGetTensorImpl()->storage().unsafeGetStorageImpl());
+      __builtin_prefetch(impl(i + 4)->storage().unsafeGetStorageImpl());
+    }
+    ParamProbe& out = probes_[i];
+    const at::Tensor& param = params_[i];
+    // TensorImpl::grad, not Tensor::grad: the latter also asks autograd whether the param is
+    // a leaf, a virtual call per param that only serves a warning.
+    const at::Tensor& grad = param.unsafeGetTensorImpl()->grad();
+    if (!grad.defined()) {
+      out.status = Probe::kNoGrad;
+    } else if (param.scalar_type() != param_dtypes_[i] || param.numel() != param_numels_[i] ||
+               param.device().type() != cpu || !param.is_contiguous() || grad.layout() != c10::kStrided) {
+      out.status = Probe::kNeedsRebuild;
+    } else if (grad.scalar_type() != param.scalar_type() || grad.sizes() != param.sizes() ||
+               grad.device() != param.device()) {
+      out.status = Probe::kBadGrad;
+    } else if (has_slots_ && !has_state_[i]) {
+      out.status = Probe::kNeedsRebuild;
+    } else if (!grad.is_contiguous()) {
+      out.status = Probe::kStridedGrad;
+    } else {
+      out.status = Probe::kReady;
+      out.param_data = param.data_ptr();
+      out.grad_data = grad.data_ptr();
+    }
+  }
+}
+
+void Bucket::raise_bad_grad(size_t i) const {
+  const at::Tensor& param = params_[i];
+  const at::Tensor& grad = param.unsafeGetTensorImpl()->grad();
+  TORCH_CHECK(grad.scalar_type() == param.scalar_type(), "the grad of ", names_[i], " has dtype ",
+              grad.scalar_type(), " but the param has dtype ", param.scalar_type());
+  TORCH_CHECK(grad.sizes() == param.sizes(), "the grad of ", names_[i], " has shape ", grad.sizes(),
+              " but the param has shape ", param.sizes());
+  TORCH_CHECK(false, "the grad of ", names_[i], " is on ", grad.device(), " but the param is on ", param.device());
+}
+
 Bucket::Status Bucket::prepare() {
   entries_.clear();
   prefix_.clear();
   entry_params_.clear();
   grad_copies_.clear();
+  const int64_t n = static_cast<int64_t>(params_.size());
+  probes_.resize(n);
+  at::parallel_for(0, n, 1024, [&](int64_t begin, int64_t end) { probe(begin, end); });
+
+  // Every grad is validated before anything is decided, so a bad grad raises even when the
+  // plan also needs a rebuild, and nothing has been modified when it does.
   bool needs_rebuild = false;
-  int64_t total = 0;
-  const auto cpu = c10::DeviceType::CPU;
-  // NOTE: [Prefetching the grads]
-  // Reading 10,000 grads is a chain of dependent loads per param (param impl -> autograd
-  // meta -> grad impl -> storage) that mostly miss the cache after a step has streamed the
-  // model through it. Touching each level for all params first lets those misses overlap.
-  for (const at::Tensor& param : params_) __builtin_prefetch(param.unsafeGetTensorImpl());
-  for (const at::Tensor& param : params_) __builtin_prefetch(param.unsafeGetTensorImpl()->autograd_meta());
-  for (const at::Tensor& param : params_) {
-    const at::Tensor& grad = param.unsafeGetTensorImpl()->grad();
-    if (grad.defined()) __builtin_prefetch(grad.unsafeGetTensorImpl());
+  for (int64_t i = 0; i < n; ++i) {
+    if (probes_[i].status == Probe::kBadGrad) raise_bad_grad(i);
+    needs_rebuild |= probes_[i].status == Probe::kNeedsRebuild;
   }
-  for (size_t i = 0; i < params_.size(); ++i) {
-    const at::Tensor& param = params_[i];
-    // TensorImpl::grad, not Tensor::grad: the latter also asks autograd whether the param is
-    // a leaf, a virtual call per param that only serves a warning.
-    const at::Tensor& grad = param.unsafeGetTensorImpl()->grad();
-    if (!grad.defined()) continue;
-    if (param.scalar_type() != param_dtypes_[i] || param.numel() != param_numels_[i] ||
-        param.device().type() != cpu || !param.is_contiguous() || grad.layout() != c10::kStrided) {
-      needs_rebuild = true;
-      continue;
+  if (needs_rebuild) return kNeedsRebuild;
+
+  int64_t total = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    ParamProbe& probe = probes_[i];
+    if (probe.status == Probe::kNoGrad) continue;
+    if (probe.status == Probe::kStridedGrad) {
+      const at::Tensor& param = params_[i];
+      grad_copies_.push_back(param.unsafeGetTensorImpl()->grad().contiguous());
+      probe.param_data = param.data_ptr();
+      probe.grad_data = grad_copies_.back().data_ptr();
     }
-    TORCH_CHECK(grad.scalar_type() == param.scalar_type(), "the grad of ", names_[i], " has dtype ",
-                grad.scalar_type(), " but the param has dtype ", param.scalar_type());
-    TORCH_CHECK(grad.sizes() == param.sizes(), "the grad of ", names_[i], " has shape ", grad.sizes(),
-                " but the param has shape ", param.sizes());
-    TORCH_CHECK(grad.device() == param.device(), "the grad of ", names_[i], " is on ", grad.device(),
-                " but the param is on ", param.device());
-    if (has_slots_ && !has_state_[i]) {
-      needs_rebuild = true;
-      continue;
-    }
-    const at::Tensor* contiguous_grad = &grad;
-    if (!grad.is_contiguous()) {
-      grad_copies_.push_back(grad.contiguous());
-      contiguous_grad = &grad_copies_.back();
-    }
-    const int64_t numel = param.is_complex() ? 2 * param.numel() : param.numel();
+    const int64_t numel = storage_numels_[i];
     TensorEntry entry{};
-    entry.ptr[kParamSlot] = param.data_ptr();
-    entry.ptr[kGradSlot] = contiguous_grad->data_ptr();
+    entry.ptr[kParamSlot] = probe.param_data;
+    entry.ptr[kGradSlot] = probe.grad_data;
     for (size_t s = 0; s < states_.size(); ++s) entry.ptr[kFirstStateSlot + s] = state_ptrs_[i][s];
     entry.numel = numel;
     entry.first_step = static_cast<int32_t>(first_step_[i]);
     entries_.push_back(entry);
     prefix_.push_back(total);
-    entry_params_.push_back(static_cast<int64_t>(i));
+    entry_params_.push_back(i);
     total += numel;
   }
   prefix_.push_back(total);
-  if (needs_rebuild) {
-    entries_.clear();
-    return kNeedsRebuild;
-  }
   return kReady;
 }
 

@@ -64,9 +64,21 @@ class Bucket {
   // What the plan was built for; a param that no longer matches needs a rebuild.
   std::vector<at::ScalarType> param_dtypes_;
   std::vector<int64_t> param_numels_;
+  std::vector<int64_t> storage_numels_;  // in storage elements: complex params count twice
   DType dtype_;
 
+  // What prepare() learns about one param, in parallel (see NOTE: [Prefetching the grads]).
+  enum class Probe : uint8_t { kNoGrad, kReady, kStridedGrad, kNeedsRebuild, kBadGrad };
+  struct ParamProbe {
+    void* param_data;
+    void* grad_data;
+    Probe status;
+  };
+  void probe(int64_t begin, int64_t end);
+  [[noreturn]] void raise_bad_grad(size_t i) const;
+
   // Per step.
+  std::vector<ParamProbe> probes_;
   std::vector<TensorEntry> entries_;
   std::vector<int64_t> prefix_;
   std::vector<int64_t> entry_params_;

@@ -115,7 +115,7 @@ class Adam(FusedOptimizer):
             # Python floats. Evaluate torch's own expressions once per distinct step count.
             def coefs_at_step(step):
                 step_size = lr / (1 - beta1**step)
-                return -_scalar(step_size), _scalar((1 - beta2**step) ** 0.5)
+                return -_scalar(step_size), 1.0 / _scalar((1 - beta2**step) ** 0.5)
 
         bucket.adam(
             _scalar(lr), _scalar(beta1), _scalar(beta2), _scalar(group["eps"]), _scalar(weight_decay),

@@ -24,7 +24,7 @@ void adam_step(Bucket& bucket, const math::AdamHyper& hyper,
       coefs = coefs_at_step(cached_step);
     }
     entries[k].coef[0] = coefs.neg_step_size;
-    entries[k].coef[1] = coefs.bias_correction2_sqrt;
+    entries[k].coef[1] = coefs.inv_bias_correction2_sqrt;
   }
   parallel_sweep(kernels_for(active_capability()).adam, bucket.table(), hyper);
 }

@@ -1,6 +1,6 @@
 // Adam / AdamW over a bucket on the CPU, for the instruction set of the including TU.
 // Slots: see below; the Python side (fusedoptim/adam.py) allocates the states in the same
-// order. Per-tensor coefficients: coef[0] = -step_size, coef[1] = sqrt(bias_correction2).
+// order. Per-tensor coefficients: coef[0] = -step_size, coef[1] = 1 / sqrt(bias_correction2).
 #pragma once
 #include "fusedoptim/cpu/sweep.h"
 #include "fusedoptim/math/adam.h"

@@ -55,7 +55,7 @@ struct TestBucket {
       }
       e.numel = n;
       e.coef[0] = -1e-2 / (1 - std::pow(0.9, 3));
-      e.coef[1] = std::sqrt(1 - std::pow(0.999, 3));
+      e.coef[1] = 1 / std::sqrt(1 - std::pow(0.999, 3));
       e.first_step = static_cast<int32_t>(n % 2);
       entries.push_back(e);
       prefix.push_back(total);
@@ -130,7 +130,7 @@ void check_rules_against_double_reference() {
   for (auto& e : bucket.entries) {
     const auto coefs = math::AdamStepCoefs::at_step(h, step);
     e.coef[0] = coefs.neg_step_size;
-    e.coef[1] = coefs.bias_correction2_sqrt;
+    e.coef[1] = coefs.inv_bias_correction2_sqrt;
   }
   kernels_for(CpuCapability::kScalar).adam(bucket.table(), h, 0, bucket.prefix.back());
   for (size_t t = 0; t < bucket.entries.size(); ++t) {

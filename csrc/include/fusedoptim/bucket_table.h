@@ -18,7 +18,7 @@ constexpr int kMaxSlots = 5;
 struct TensorEntry {
   void* ptr[kMaxSlots];
   int64_t numel;      // in storage elements (complex params count twice, as real views)
-  double coef[2];     // per-tensor coefficients (Adam: -step_size, sqrt(bias_correction2))
+  double coef[2];     // per-tensor coefficients (Adam: -step_size, 1/sqrt(bias_correction2))
   int32_t first_step; // 1 on the step that initialises this tensor's state (SGD momentum)
 };
 

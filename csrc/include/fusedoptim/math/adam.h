@@ -9,7 +9,7 @@
 //   m = lerp(m, g, 1 - beta1)
 //   v = v * beta2 + ((1 - beta2) * g) * g
 //   v_max = maximum(v_max, v)                      (amsgrad)
-//   denom = sqrt(amsgrad ? v_max : v) / sqrt(1 - beta2^t) + eps
+//   denom = sqrt(amsgrad ? v_max : v) * (1 / sqrt(1 - beta2^t)) + eps   (see NOTE: [One division])
 //   p = p + ((-lr / (1 - beta1^t)) * m) / denom
 #pragma once
 #include <cmath>
@@ -25,15 +25,22 @@ struct AdamHyper {
   double decay_factor;  // 1 - lr * weight_decay, computed by the caller as torch does (fusedoptim/adam.py)
 };
 
-// Per-param coefficients that depend on the param's own step count, in double, computed
-// exactly as torch's single-tensor path computes them in Python floats.
+// NOTE: [One division]
+// torch divides sqrt(v) by sqrt(bias_correction2) and then the moment by the denominator.
+// Per element that is a square root and two divisions, which makes the kernel compute-bound
+// on a 2-core AVX2 machine (bf16 most of all). We multiply by the reciprocal, computed once
+// per step count on the host in double: at most one rounding of difference per element, far
+// inside the parity tolerances, and about 10% faster on the small-tensor benchmark.
+
+// Per-param coefficients that depend on the param's own step count, in double, computed as
+// torch's single-tensor path computes them in Python floats.
 struct AdamStepCoefs {
-  double neg_step_size, bias_correction2_sqrt;
+  double neg_step_size, inv_bias_correction2_sqrt;
 
   FO_HOST_DEVICE static AdamStepCoefs at_step(const AdamHyper& h, double step) {
     const double bias_correction1 = 1.0 - pow(h.beta1, step);
     const double bias_correction2 = 1.0 - pow(h.beta2, step);
-    return {-(h.lr / bias_correction1), pow(bias_correction2, 0.5)};
+    return {-(h.lr / bias_correction1), 1.0 / pow(bias_correction2, 0.5)};
   }
 };
 
@@ -55,7 +62,7 @@ struct AdamCoefs {
 template <typename V, typename S>
 FO_HOST_DEVICE FO_INLINE void adam_update(V& param, V grad, V& exp_avg, V& exp_avg_sq,
                                           V& max_exp_avg_sq, const AdamCoefs<S>& c,
-                                          S neg_step_size, S bias_correction2_sqrt) {
+                                          S neg_step_size, S inv_bias_correction2_sqrt) {
   if (c.maximize) grad = -grad;
   if (c.has_weight_decay) {
     if (c.decoupled) {
@@ -71,7 +78,7 @@ FO_HOST_DEVICE FO_INLINE void adam_update(V& param, V grad, V& exp_avg, V& exp_a
     max_exp_avg_sq = fo_maximum(max_exp_avg_sq, exp_avg_sq);
     second_moment = max_exp_avg_sq;
   }
-  const V denom = fo_sqrt(second_moment) / V(bias_correction2_sqrt) + V(c.eps);
+  const V denom = fo_sqrt(second_moment) * V(inv_bias_correction2_sqrt) + V(c.eps);
   param = param + V(neg_step_size) * exp_avg / denom;
 }
 

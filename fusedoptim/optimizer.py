@@ -223,6 +223,12 @@ class FusedOptimizer(Optimizer):
 
     def __init__(self, params, defaults):
         super().__init__(params, defaults)
+        # torch.optim's checks of the implementation flags, after the params (same order).
+        if defaults.get("fused"):
+            if defaults.get("differentiable"):
+                raise RuntimeError("`fused` does not support `differentiable`")
+            if defaults.get("foreach"):
+                raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         self.state = StateMap(self.state)
         self.last_step_paths = {"fused": 0, "reference": 0}
         self._warned_reference_path = False

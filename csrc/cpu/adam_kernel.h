@@ -18,6 +18,8 @@ struct AdamBody {
   using S = math_t<Storage>;
   math::AdamCoefs<S> coefs;
 
+  explicit AdamBody(const math::AdamHyper& hyper) : coefs(hyper) {}
+
   template <typename V>
   FO_INLINE void apply(const TensorEntry& e, int64_t i) const {
     Storage* param_ptr = static_cast<Storage*>(e.ptr[kParamSlot]) + i;
@@ -41,15 +43,6 @@ struct AdamBody {
     store(exp_avg_sq_ptr, exp_avg_sq);
   }
 };
-
-inline void adam_range_impl(const BucketTable& table, const math::AdamHyper& hyper, int64_t begin, int64_t end) {
-  switch (table.dtype) {
-    case DType::kFloat32: sweep<float>(table, begin, end, AdamBody<float>{math::AdamCoefs<float>(hyper)}); break;
-    case DType::kFloat64: sweep<double>(table, begin, end, AdamBody<double>{math::AdamCoefs<double>(hyper)}); break;
-    case DType::kBFloat16: sweep<bf16_t>(table, begin, end, AdamBody<bf16_t>{math::AdamCoefs<float>(hyper)}); break;
-    case DType::kFloat16: sweep<fp16_t>(table, begin, end, AdamBody<fp16_t>{math::AdamCoefs<float>(hyper)}); break;
-  }
-}
 
 }  // namespace FO_ISA
 }  // namespace cpu

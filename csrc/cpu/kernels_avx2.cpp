@@ -10,11 +10,11 @@ namespace cpu {
 namespace avx2 {
 
 void adam_range(const BucketTable& table, const math::AdamHyper& hyper, int64_t begin, int64_t end) {
-  adam_range_impl(table, hyper, begin, end);
+  sweep_bucket<AdamBody>(table, hyper, begin, end);
 }
 
 void sgd_range(const BucketTable& table, const math::SgdHyper& hyper, int64_t begin, int64_t end) {
-  sgd_range_impl(table, hyper, begin, end);
+  sweep_bucket<SgdBody>(table, hyper, begin, end);
 }
 
 }  // namespace avx2

@@ -15,6 +15,8 @@ template <typename Storage>
 struct SgdBody {
   math::SgdCoefs<math_t<Storage>> coefs;
 
+  explicit SgdBody(const math::SgdHyper& hyper) : coefs(hyper) {}
+
   template <typename V>
   FO_INLINE void apply(const TensorEntry& e, int64_t i) const {
     Storage* param_ptr = static_cast<Storage*>(e.ptr[kParamSlot]) + i;
@@ -32,15 +34,6 @@ struct SgdBody {
     store(param_ptr, param);
   }
 };
-
-inline void sgd_range_impl(const BucketTable& table, const math::SgdHyper& hyper, int64_t begin, int64_t end) {
-  switch (table.dtype) {
-    case DType::kFloat32: sweep<float>(table, begin, end, SgdBody<float>{math::SgdCoefs<float>(hyper)}); break;
-    case DType::kFloat64: sweep<double>(table, begin, end, SgdBody<double>{math::SgdCoefs<double>(hyper)}); break;
-    case DType::kBFloat16: sweep<bf16_t>(table, begin, end, SgdBody<bf16_t>{math::SgdCoefs<float>(hyper)}); break;
-    case DType::kFloat16: sweep<fp16_t>(table, begin, end, SgdBody<fp16_t>{math::SgdCoefs<float>(hyper)}); break;
-  }
-}
 
 }  // namespace FO_ISA
 }  // namespace cpu

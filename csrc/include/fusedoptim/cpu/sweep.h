@@ -44,6 +44,18 @@ FO_INLINE void sweep(const BucketTable& table, int64_t begin, int64_t end, const
   }
 }
 
+// Sweeps [begin, end) with Body<Storage> for the bucket's storage dtype. Body<Storage> is
+// an algorithm's elementwise body (see <algo>_kernel.h), constructed from its Hyper.
+template <template <typename> class Body, typename Hyper>
+FO_INLINE void sweep_bucket(const BucketTable& table, const Hyper& hyper, int64_t begin, int64_t end) {
+  switch (table.dtype) {
+    case DType::kFloat32: sweep<float>(table, begin, end, Body<float>(hyper)); break;
+    case DType::kFloat64: sweep<double>(table, begin, end, Body<double>(hyper)); break;
+    case DType::kBFloat16: sweep<bf16_t>(table, begin, end, Body<bf16_t>(hyper)); break;
+    case DType::kFloat16: sweep<fp16_t>(table, begin, end, Body<fp16_t>(hyper)); break;
+  }
+}
+
 }  // namespace FO_ISA
 }  // namespace cpu
 }  // namespace fusedoptim

@@ -1,5 +1,7 @@
 """Loads the compiled core, fusedoptim._C, or explains once why steps take the reference path."""
 
+import importlib
+import os
 import warnings
 
 import torch
@@ -9,7 +11,7 @@ REBUILD_HINT = "rebuild it with `pip install --no-build-isolation -e .` in the f
 
 def _load():
     try:
-        from fusedoptim import _C
+        _C = importlib.import_module("fusedoptim._C")
     except ImportError as error:
         return None, f"the compiled extension fusedoptim._C could not be loaded ({error})"
     built = _C.built_with_torch.split("+")[0].split(".")[:2]
@@ -27,6 +29,16 @@ if _load_error is not None:
     warnings.warn(
         f"fusedoptim: {_load_error}; every step takes the plain-torch reference path, "
         f"which is correct but not fused. To fix it, {REBUILD_HINT}.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+_requested = os.environ.get("FUSEDOPTIM_CPU_CAPABILITY")
+if _C is not None and _requested is not None and _requested not in _C.compiled_cpu_capabilities():
+    warnings.warn(
+        f"fusedoptim: FUSEDOPTIM_CPU_CAPABILITY={_requested!r} is not one of "
+        f"{list(_C.compiled_cpu_capabilities())}; it is ignored",
         RuntimeWarning,
         stacklevel=3,
     )

@@ -16,9 +16,11 @@ CpuCapability initial_capability() {
   for (int c = 0; c < kNumCapabilities; ++c) {
     if (capability_compiled(CpuCapability(c)) && capability_supported(CpuCapability(c))) best = c;
   }
+  // An unknown name is ignored here; fusedoptim/_extension.py warns about it at import.
   if (const char* env = std::getenv("FUSEDOPTIM_CPU_CAPABILITY")) {
-    const int cap = static_cast<int>(capability_from_name(env));
-    if (cap < best) best = cap;
+    for (int c = 0; c < best; ++c) {
+      if (std::string(env) == capability_name(CpuCapability(c))) best = c;
+    }
   }
   return CpuCapability(best);
 }

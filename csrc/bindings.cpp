@@ -42,7 +42,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("params"), py::arg("names"), py::arg("states"), py::arg("steps"), py::arg("first_step"))
       .def("prepare", [](Bucket& b) { return static_cast<int>(b.prepare()); })
       .def_property_readonly("num_entries", &Bucket::num_entries)
-      .def_property_readonly("num_params", &Bucket::num_params)
       .def("adam",
            [](Bucket& b, double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
               bool maximize, bool decoupled_weight_decay, double decay_factor, py::object coefs_at_step) {

@@ -1,5 +1,5 @@
-// A bucket: the params of one param group with one device and storage dtype, their flat
-// state buffers, and the table the kernels sweep. Built by fusedoptim/optimizer.py when the
+// A bucket: the params of one param group with one device and storage dtype, their state
+// tensors, and the table the kernels sweep. Built by fusedoptim/optimizer.py when the
 // plan changes; each step calls prepare() (read grads, validate, fill the table) and then
 // one algorithm's run (see <algo>_cpu.cpp).
 #pragma once
@@ -35,7 +35,6 @@ class Bucket {
   Status prepare();
 
   int64_t num_entries() const { return static_cast<int64_t>(entries_.size()); }
-  int64_t num_params() const { return static_cast<int64_t>(params_.size()); }
 
   // For the algorithm runs: the table of the last prepare().
   BucketTable table() const;

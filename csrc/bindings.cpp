@@ -13,6 +13,17 @@ namespace cpu {
 void adam_step(Bucket& bucket, const math::AdamHyper& hyper,
                const std::function<math::AdamStepCoefs(double)>& coefs_at_step);
 void sgd_step(Bucket& bucket, const math::SgdHyper& hyper);
+void adadelta_step(Bucket& bucket, const math::AdadeltaHyper& hyper);
+void adagrad_step(Bucket& bucket, const math::AdagradHyper& hyper);
+void adamax_step(Bucket& bucket, const math::AdamaxHyper& hyper);
+void asgd_step(Bucket& bucket, const math::AsgdHyper& hyper);
+void nadam_step(Bucket& bucket, const math::NadamHyper& hyper);
+void radam_step(Bucket& bucket, const math::RadamHyper& hyper);
+void rmsprop_step(Bucket& bucket, const math::RmspropHyper& hyper);
+void rprop_step(Bucket& bucket, const math::RpropHyper& hyper);
+void lion_step(Bucket& bucket, const math::LionHyper& hyper);
+double grad_squares(Bucket& bucket);
+void lamb_step(Bucket& bucket, const math::LambHyper& hyper, double lr, bool bias_correction, bool always_adapt);
 }  // namespace cpu
 }  // namespace fusedoptim
 
@@ -27,19 +38,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<Bucket>(m, "Bucket")
       .def(py::init([](std::vector<at::Tensor> params, std::vector<std::string> names,
                        std::vector<std::vector<std::optional<at::Tensor>>> states,
-                       std::vector<std::optional<at::Tensor>> steps, std::vector<int64_t> first_step) {
+                       std::vector<std::vector<std::optional<at::Tensor>>> scalars, std::vector<int64_t> first_step) {
              auto defined = [](std::vector<std::optional<at::Tensor>>& maybe) {
                std::vector<at::Tensor> out;
                out.reserve(maybe.size());
                for (auto& t : maybe) out.push_back(t ? std::move(*t) : at::Tensor());
                return out;
              };
-             std::vector<std::vector<at::Tensor>> state_tensors;
+             std::vector<std::vector<at::Tensor>> state_tensors, scalar_tensors;
              for (auto& per_state : states) state_tensors.push_back(defined(per_state));
-             return new Bucket(std::move(params), std::move(names), std::move(state_tensors), defined(steps),
-                               std::move(first_step));
+             for (auto& per_scalar : scalars) scalar_tensors.push_back(defined(per_scalar));
+             return new Bucket(std::move(params), std::move(names), std::move(state_tensors),
+                               std::move(scalar_tensors), std::move(first_step));
            }),
-           py::arg("params"), py::arg("names"), py::arg("states"), py::arg("steps"), py::arg("first_step"))
+           py::arg("params"), py::arg("names"), py::arg("states"), py::arg("scalars"), py::arg("first_step"))
       .def("prepare", [](Bucket& b) { return static_cast<int>(b.prepare()); })
       .def_property_readonly("num_entries", &Bucket::num_entries)
       .def("adam",
@@ -66,6 +78,68 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
               bool maximize) {
              py::gil_scoped_release no_gil;
              sgd_step(b, {lr, momentum, dampening, weight_decay, nesterov, maximize});
+           })
+      // The other algorithms: hyperparameters as torch.optim names them, in its order.
+      .def("adadelta",
+           [](Bucket& b, double lr, double rho, double eps, double weight_decay, bool maximize) {
+             py::gil_scoped_release no_gil;
+             adadelta_step(b, {lr, rho, eps, weight_decay, maximize});
+           })
+      .def("adagrad",
+           [](Bucket& b, double lr, double lr_decay, double weight_decay, double eps, bool maximize) {
+             py::gil_scoped_release no_gil;
+             adagrad_step(b, {lr, lr_decay, weight_decay, eps, maximize});
+           })
+      .def("adamax",
+           [](Bucket& b, double lr, double beta1, double beta2, double eps, double weight_decay, bool maximize) {
+             py::gil_scoped_release no_gil;
+             adamax_step(b, {lr, beta1, beta2, eps, weight_decay, maximize});
+           })
+      .def("asgd",
+           [](Bucket& b, double lr, double lambd, double alpha, double t0, double weight_decay, bool maximize) {
+             py::gil_scoped_release no_gil;
+             asgd_step(b, {lr, lambd, alpha, t0, weight_decay, maximize});
+           })
+      .def("nadam",
+           [](Bucket& b, double lr, double beta1, double beta2, double eps, double weight_decay, double momentum_decay,
+              bool decoupled_weight_decay, bool maximize, double decay_factor) {
+             py::gil_scoped_release no_gil;
+             nadam_step(b, {lr, beta1, beta2, eps, weight_decay, momentum_decay, decoupled_weight_decay, maximize,
+                            decay_factor});
+           })
+      .def("radam",
+           [](Bucket& b, double lr, double beta1, double beta2, double eps, double weight_decay,
+              bool decoupled_weight_decay, bool maximize, double decay_factor) {
+             py::gil_scoped_release no_gil;
+             radam_step(b, {lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize, decay_factor});
+           })
+      .def("rmsprop",
+           [](Bucket& b, double lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
+              bool maximize) {
+             py::gil_scoped_release no_gil;
+             rmsprop_step(b, {lr, alpha, eps, weight_decay, momentum, centered, maximize});
+           })
+      .def("rprop",
+           [](Bucket& b, double etaminus, double etaplus, double step_size_min, double step_size_max, bool maximize) {
+             py::gil_scoped_release no_gil;
+             rprop_step(b, {etaminus, etaplus, step_size_min, step_size_max, maximize});
+           })
+      .def("lion",
+           [](Bucket& b, double lr, double beta1, double beta2, double weight_decay, bool maximize) {
+             py::gil_scoped_release no_gil;
+             lion_step(b, {lr, beta1, beta2, weight_decay, maximize});
+           })
+      .def("grad_squares",
+           [](Bucket& b) {
+             py::gil_scoped_release no_gil;
+             return grad_squares(b);
+           })
+      .def("lamb",
+           [](Bucket& b, double lr, double beta1, double beta2, double eps, double weight_decay, bool bias_correction,
+              bool grad_averaging, bool decoupled_weight_decay, bool always_adapt, bool maximize, double clip) {
+             py::gil_scoped_release no_gil;
+             lamb_step(b, {beta1, beta2, eps, weight_decay, grad_averaging, decoupled_weight_decay, maximize, clip},
+                       lr, bias_correction, always_adapt);
            });
 
   m.def("cpu_capability", [] { return std::string(capability_name(active_capability())); });

@@ -1,5 +1,7 @@
 #include "bucket.h"
 
+#include <algorithm>
+
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
@@ -19,20 +21,19 @@ DType storage_dtype(at::ScalarType type) {
 }  // namespace
 
 Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
-               std::vector<std::vector<at::Tensor>> states, std::vector<at::Tensor> steps,
+               std::vector<std::vector<at::Tensor>> states, std::vector<std::vector<at::Tensor>> scalars,
                std::vector<int64_t> first_step)
-    : params_(std::move(params)), names_(std::move(names)), states_(std::move(states)), steps_(std::move(steps)),
+    : params_(std::move(params)), names_(std::move(names)), states_(std::move(states)), scalars_(std::move(scalars)),
       first_step_(std::move(first_step)) {
   const size_t n = params_.size();
   TORCH_CHECK(n > 0, "fusedoptim: a bucket needs at least one param");
-  TORCH_CHECK(names_.size() == n && first_step_.size() == n && (steps_.empty() || steps_.size() == n),
-              "fusedoptim: bucket tables of different lengths");
+  TORCH_CHECK(names_.size() == n && first_step_.size() == n, "fusedoptim: bucket tables of different lengths");
   TORCH_CHECK(static_cast<int>(states_.size()) <= kMaxSlots - kFirstStateSlot, "fusedoptim: too many states");
-  has_slots_ = !states_.empty() || !steps_.empty();
+  has_slots_ = !states_.empty() || !scalars_.empty();
   dtype_ = storage_dtype(params_[0].scalar_type());
   state_ptrs_.assign(n, {});
-  step_ptrs_.assign(n, nullptr);
-  step_is_double_.assign(n, 0);
+  scalar_ptrs_.assign(scalars_.size(), std::vector<void*>(n, nullptr));
+  scalar_is_double_.assign(scalars_.size(), std::vector<uint8_t>(n, 0));
   has_state_.assign(n, 1);
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params_[i];
@@ -52,13 +53,18 @@ Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
                   "fusedoptim: the state of ", names_[i], " must be a contiguous CPU tensor like the param");
       state_ptrs_[i][s] = state.data_ptr();
     }
-    if (!steps_.empty() && !steps_[i].defined()) has_state_[i] = 0;
-    if (!steps_.empty() && steps_[i].defined()) {
-      const at::Tensor& step = steps_[i];
-      TORCH_CHECK(step.is_cpu() && step.numel() == 1 && (step.scalar_type() == at::kFloat || step.scalar_type() == at::kDouble),
-                  "fusedoptim: the step of ", names_[i], " must be a one-element float CPU tensor");
-      step_ptrs_[i] = step.data_ptr();
-      step_is_double_[i] = step.scalar_type() == at::kDouble;
+    for (size_t k = 0; k < scalars_.size(); ++k) {
+      TORCH_CHECK(scalars_[k].size() == n, "fusedoptim: bucket tables of different lengths");
+      const at::Tensor& scalar = scalars_[k][i];
+      if (!scalar.defined()) {
+        has_state_[i] = 0;
+        continue;
+      }
+      TORCH_CHECK(scalar.is_cpu() && scalar.numel() == 1 &&
+                      (scalar.scalar_type() == at::kFloat || scalar.scalar_type() == at::kDouble),
+                  "fusedoptim: the scalar states of ", names_[i], " must be one-element float CPU tensors");
+      scalar_ptrs_[k][i] = scalar.data_ptr();
+      scalar_is_double_[k][i] = scalar.scalar_type() == at::kDouble;
     }
   }
   entries_.reserve(n);
@@ -172,18 +178,43 @@ BucketTable Bucket::table() const {
 }
 
 const std::vector<double>& Bucket::advance_steps() {
-  TORCH_CHECK(!steps_.empty(), "fusedoptim: this bucket keeps no step counters");
+  TORCH_CHECK(!scalars_.empty(), "fusedoptim: this bucket keeps no step counters");
   entry_steps_.resize(entries_.size());
   // torch keeps `step` as a float tensor and adds 1 in its dtype; then reads it as a double.
   for (size_t k = 0; k < entries_.size(); ++k) {
-    const int64_t i = entry_params_[k];
-    if (step_is_double_[i]) {
-      entry_steps_[k] = *static_cast<double*>(step_ptrs_[i]) += 1.0;
-    } else {
-      entry_steps_[k] = *static_cast<float*>(step_ptrs_[i]) += 1.0f;
-    }
+    set_scalar(0, k, scalar(0, k) + 1.0);
+    entry_steps_[k] = scalar(0, k);
   }
   return entry_steps_;
+}
+
+double Bucket::scalar(int k, size_t entry) const {
+  const int64_t i = entry_params_[entry];
+  void* ptr = scalar_ptrs_[k][i];
+  return scalar_is_double_[k][i] ? *static_cast<double*>(ptr) : double(*static_cast<float*>(ptr));
+}
+
+void Bucket::set_scalar(int k, size_t entry, double value) {
+  const int64_t i = entry_params_[entry];
+  void* ptr = scalar_ptrs_[k][i];
+  if (scalar_is_double_[k][i]) {
+    *static_cast<double*>(ptr) = value;
+  } else {
+    *static_cast<float*>(ptr) = static_cast<float>(value);
+  }
+}
+
+bool Bucket::scalar_is_double(int k, size_t entry) const { return scalar_is_double_[k][entry_params_[entry]] != 0; }
+
+const std::vector<Segment>& Bucket::segments(int64_t max_numel) {
+  segments_.clear();
+  for (size_t e = 0; e < entries_.size(); ++e) {
+    const int64_t numel = entries_[e].numel;
+    for (int64_t begin = 0; begin < numel; begin += max_numel) {
+      segments_.push_back(Segment{static_cast<int64_t>(e), begin, std::min(begin + max_numel, numel)});
+    }
+  }
+  return segments_;
 }
 
 void Bucket::clear_first_steps() {

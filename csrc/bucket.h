@@ -19,11 +19,12 @@ class Bucket {
   // ("param_groups[0]['params'][3]"). states[s][i]: the tensor holding state s of param i, in
   // the algorithm's slot order, undefined where the param has no state yet; they are the
   // tensors in optimizer.state[p] (views of flat buffers when the plan allocated them).
-  // steps[i]: param i's 0-dim step counter (float32 or float64), if the algorithm keeps one.
+  // scalars[k][i]: param i's 0-dim scalar state k (float32 or float64), if the algorithm keeps
+  // any; scalars[0] is the step counter (ASGD adds eta and mu, NAdam mu_product).
   // first_step[i]: 1 while param i's state holds no values yet (SGD's momentum buffer
   // starts as a copy of the grad).
   Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
-         std::vector<std::vector<at::Tensor>> states, std::vector<at::Tensor> steps,
+         std::vector<std::vector<at::Tensor>> states, std::vector<std::vector<at::Tensor>> scalars,
          std::vector<int64_t> first_step);
 
   enum Status : int { kReady = 0, kNeedsRebuild = 1 };
@@ -43,6 +44,13 @@ class Bucket {
   std::vector<TensorEntry>& entries() { return entries_; }
   // Advances the step counter of every param in the table; returns the new values.
   const std::vector<double>& advance_steps();
+  // Scalar state k of the param of table entry `entry`, read and written in its own dtype.
+  double scalar(int k, size_t entry) const;
+  void set_scalar(int k, size_t entry, double value);
+  bool scalar_is_double(int k, size_t entry) const;
+  // The table cut into segments of at most max_numel elements (see NOTE: [Deterministic
+  // reductions]), for the table of the last prepare().
+  const std::vector<Segment>& segments(int64_t max_numel);
   // Marks the state of every param in the table as holding values.
   void clear_first_steps();
 
@@ -50,15 +58,15 @@ class Bucket {
   std::vector<at::Tensor> params_;
   std::vector<std::string> names_;
   std::vector<std::vector<at::Tensor>> states_;  // kept alive: the table points into them
-  std::vector<at::Tensor> steps_;
+  std::vector<std::vector<at::Tensor>> scalars_;
   std::vector<int64_t> first_step_;
   bool has_slots_;  // whether params need state (and a step) before they can step
 
   // Cached at construction: the state and step addresses of each param (null: no state).
   std::vector<std::array<void*, kMaxSlots - kFirstStateSlot>> state_ptrs_;
-  std::vector<void*> step_ptrs_;
-  std::vector<uint8_t> step_is_double_;
-  std::vector<uint8_t> has_state_;  // every state (and the step) of the param is defined
+  std::vector<std::vector<void*>> scalar_ptrs_;  // [k][i]
+  std::vector<std::vector<uint8_t>> scalar_is_double_;
+  std::vector<uint8_t> has_state_;  // every state and scalar of the param is defined
 
   // What the plan was built for; a param that no longer matches needs a rebuild.
   std::vector<at::ScalarType> param_dtypes_;
@@ -83,6 +91,7 @@ class Bucket {
   std::vector<int64_t> entry_params_;
   std::vector<double> entry_steps_;
   std::vector<at::Tensor> grad_copies_;  // contiguous copies of the rare strided grads
+  std::vector<Segment> segments_;
 };
 
 }  // namespace fusedoptim

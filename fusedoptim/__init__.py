@@ -7,9 +7,19 @@ from fusedoptim._extension import (
     extension_available,
     set_cpu_capability,
 )
+from fusedoptim.adadelta import Adadelta
+from fusedoptim.adagrad import Adagrad
 from fusedoptim.adam import Adam
+from fusedoptim.adamax import Adamax
 from fusedoptim.adamw import AdamW
+from fusedoptim.asgd import ASGD
+from fusedoptim.lamb import LAMB
+from fusedoptim.lion import Lion
+from fusedoptim.nadam import NAdam
 from fusedoptim.optimizer import FusedOptimizer, ReferencePathWarning
+from fusedoptim.radam import RAdam
+from fusedoptim.rmsprop import RMSprop
+from fusedoptim.rprop import Rprop
 from fusedoptim.sgd import SGD
 
 __version__ = "0.1.0"
@@ -18,6 +28,16 @@ __all__ = [
     "SGD",
     "Adam",
     "AdamW",
+    "Adadelta",
+    "Adagrad",
+    "Adamax",
+    "ASGD",
+    "NAdam",
+    "RAdam",
+    "RMSprop",
+    "Rprop",
+    "LAMB",
+    "Lion",
     "FusedOptimizer",
     "ReferencePathWarning",
     "available_cpu_capabilities",

@@ -99,3 +99,71 @@ def adam(params, states, *, lr, beta1, beta2, eps, weight_decay, amsgrad, maximi
                 second_moment = exp_avg_sq
             denom = (second_moment.sqrt() / bias_correction2_sqrt).add_(eps)
             param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+
+def torch_init_group(torch_cls, optimizer, group, params, num_lists):
+    """torch.optim's own state initialisation for `params` of `group`, on `optimizer`'s state.
+
+    torch_cls._init_group creates missing state exactly as torch.optim does and gathers the
+    per-param lists (params, grads, then num_lists state lists in _init_group's order); the
+    caller hands them to torch's functional API (torch.optim.<module>.<algorithm>) with
+    foreach=False, so the reference path is torch's single-tensor implementation itself.
+    Returns the lists and _init_group's result (has_complex, or a tuple for Adagrad).
+    """
+    lists = [[] for _ in range(2 + num_lists)]
+    flags = torch_cls._init_group(optimizer, dict(group, params=params), *lists)
+    return lists, flags
+
+
+def _real(tensor):
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+
+
+def lion(params, states, *, lr, beta1, beta2, weight_decay, maximize):
+    """Lion (fusedoptim.Lion's docstring), on complex params as real pairs."""
+    lr = _lr_value(lr)
+    for param, state in zip(params, states):
+        if len(state) == 0:
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        grad = _real(param.grad if not maximize else -param.grad)
+        exp_avg = _real(state["exp_avg"])
+        param = _real(param)
+        direction = (exp_avg * beta1).add_(grad, alpha=1 - beta1)
+        if weight_decay != 0:
+            param.mul_(1 - lr * weight_decay)
+        param.add_(direction.sign_(), alpha=-lr)
+        exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)
+
+
+def lamb(params, states, *, lr, beta1, beta2, eps, weight_decay, bias_correction, grad_averaging,
+         decoupled_weight_decay, always_adapt, maximize, clip, step_dtype):
+    """LAMB (fusedoptim.LAMB's docstring), one param at a time; clip is the global grad-norm divisor."""
+    lr = _lr_value(lr)
+    beta3 = 1 - beta1 if grad_averaging else 1.0
+    for param, state in zip(params, states):
+        if len(state) == 0:
+            state["step"] = torch.zeros((), dtype=step_dtype)
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["step"] += 1
+        step = state["step"].item()
+        bias_correction1 = 1 - beta1**step if bias_correction else 1.0
+        bias_correction2 = 1 - beta2**step if bias_correction else 1.0
+        grad = _real(param.grad if not maximize else -param.grad)
+        exp_avg, exp_avg_sq, param = _real(state["exp_avg"]), _real(state["exp_avg_sq"]), _real(param)
+        if clip != 1.0:
+            grad = grad / clip
+        if weight_decay != 0 and not decoupled_weight_decay:
+            grad = grad + weight_decay * param
+        exp_avg.mul_(beta1).add_(beta3 * grad)
+        exp_avg_sq.mul_(beta2).add_((1 - beta2) * grad * grad)
+        update = (exp_avg / bias_correction1) / ((exp_avg_sq / bias_correction2).sqrt() + eps)
+        if weight_decay != 0 and decoupled_weight_decay:
+            update = update + weight_decay * param
+        ratio = 1.0
+        if weight_decay != 0 or always_adapt:
+            param_norm, update_norm = param.norm().item(), update.norm().item()
+            if param_norm != 0 and update_norm != 0:
+                ratio = param_norm / update_norm
+        param.add_(update, alpha=-lr * ratio)

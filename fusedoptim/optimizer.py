@@ -75,7 +75,7 @@ def _reusable_state(value, param):
     )
 
 
-def _reusable_step(value):
+def _reusable_scalar(value):
     return (
         isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.numel() == 1
         and value.dtype in (torch.float32, torch.float64) and value.is_contiguous()
@@ -90,15 +90,17 @@ class _Bucket:
     which must not alias the loaded dict) get views of one new flat buffer per state name.
     """
 
-    def __init__(self, params, names, state_names, has_step, step_dtype, slot_states, first_step_of, copy_existing):
+    def __init__(self, params, names, group, optimizer, slot_states, copy_existing):
         self.params = params
-        self.state_names = state_names
+        self.state_names = state_names = optimizer._state_names(group)
+        self.scalar_names = scalar_names = optimizer._scalar_names(group)
+        step_dtype = optimizer._step_dtype(group)
         n = len(params)
         self.has_slot = [st is not None for st in slot_states]
         self.states = {name: [None] * n for name in state_names}
-        self.steps = [None] * n if has_step else None
+        self.scalars = {name: [None] * n for name in scalar_names}
         needs_storage = {name: [] for name in state_names}
-        needs_step = []
+        needs_scalar = {name: [] for name in scalar_names}
         for i, (p, st) in enumerate(zip(params, slot_states)):
             if st is None:
                 continue
@@ -108,12 +110,12 @@ class _Bucket:
                     self.states[name][i] = value
                 else:
                     needs_storage[name].append(i)
-            if has_step:
-                value = st.get("step")
-                if not copy_existing and _reusable_step(value):
-                    self.steps[i] = value
+            for name in scalar_names:
+                value = st.get(name)
+                if not copy_existing and _reusable_scalar(value):
+                    self.scalars[name][i] = value
                 else:
-                    needs_step.append(i)
+                    needs_scalar[name].append(i)
         dtype = _real_dtype(params[0].dtype)
         for name, indices in needs_storage.items():
             offsets, total = [], 0
@@ -127,30 +129,37 @@ class _Bucket:
                 old = slot_states[i].get(name)
                 if isinstance(old, torch.Tensor):
                     view.copy_(old.detach())  # carry over what the state held
-                self.states[name][i] = view
-        if needs_step:
-            counters = torch.zeros(len(needs_step), dtype=step_dtype)
-            for k, i in enumerate(needs_step):
-                old = slot_states[i].get("step")
-                if isinstance(old, torch.Tensor) and old.dtype in (torch.float32, torch.float64) and old.dtype != step_dtype:
-                    self.steps[i] = old.detach().to("cpu", copy=True).reshape(())  # torch keeps a loaded step's dtype
                 else:
-                    if old is not None:
-                        counters[k] = _scalar(old)
-                    self.steps[i] = counters[k]
-        first_step = [int(first_step_of(st)) if st is not None else 0 for st in slot_states]
+                    initial = optimizer._initial_state(group, name)
+                    if initial != 0:
+                        view.fill_(complex(initial, initial) if view.is_complex() else initial)
+                self.states[name][i] = view
+        for name, indices in needs_scalar.items():
+            if not indices:
+                continue
+            values = torch.zeros(len(indices), dtype=step_dtype)
+            for k, i in enumerate(indices):
+                old = slot_states[i].get(name)
+                if isinstance(old, torch.Tensor) and old.dtype in (torch.float32, torch.float64) and old.dtype != step_dtype:
+                    self.scalars[name][i] = old.detach().to("cpu", copy=True).reshape(())  # torch keeps a loaded dtype
+                    continue
+                values[k] = _scalar(old) if old is not None else optimizer._initial_scalar(group, name)
+                self.scalars[name][i] = values[k]
+        first_step = [int(optimizer._first_step(st)) if st is not None else 0 for st in slot_states]
         self.compiled = _extension._C.Bucket(
-            params, names, [self.states[name] for name in state_names], self.steps if has_step else [], first_step,
+            params, names, [self.states[name] for name in state_names],
+            [self.scalars[name] for name in scalar_names], first_step,
         )
 
     def commit(self, state):
-        """Puts this bucket's state tensors into `state` under torch's keys."""
+        """Puts this bucket's state tensors into `state` under torch's keys, in torch's order."""
         for i, p in enumerate(self.params):
             if not self.has_slot[i]:
                 continue
             entry = state[p]
-            if self.steps is not None and entry.get("step") is not self.steps[i]:
-                dict.__setitem__(entry, "step", self.steps[i])
+            for name in self.scalar_names:
+                if entry.get(name) is not self.scalars[name][i]:
+                    dict.__setitem__(entry, name, self.scalars[name][i])
             for name in self.state_names:
                 if entry.get(name) is not self.states[name][i]:
                     dict.__setitem__(entry, name, self.states[name][i])
@@ -185,11 +194,9 @@ class _Plan:
                 _Bucket(
                     [params[i] for i in indices],
                     [f"param_groups[{g}]['params'][{i}]" for i in indices],
-                    optimizer._state_names(group),
-                    optimizer._has_step,
-                    optimizer._step_dtype(group),
+                    group,
+                    optimizer,
                     [slot_state(params[i]) for i in indices],
-                    optimizer._first_step,
                     copy_existing=after_load,
                 )
                 for indices in by_dtype.values()
@@ -220,6 +227,8 @@ class FusedOptimizer(Optimizer):
 
     _plan = None
     _has_step = False
+    # Options torch.optim's __setstate__ restores for optimizers pickled before they existed.
+    _group_defaults = {}
 
     def __init__(self, params, defaults):
         super().__init__(params, defaults)
@@ -238,9 +247,21 @@ class FusedOptimizer(Optimizer):
         """The flat states of a group, in the kernel's slot order."""
         raise NotImplementedError
 
+    def _scalar_names(self, group):
+        """The 0-dim states of a group's params, in torch's key order ("step" first)."""
+        return ("step",) if self._has_step else ()
+
+    def _initial_state(self, group, name):
+        """The value a new state tensor starts from (zeros unless the algorithm says)."""
+        return 0
+
+    def _initial_scalar(self, group, name):
+        """The value a new 0-dim state starts from."""
+        return 0.0
+
     def _wants_state(self, group):
         """Whether a param of this group gets state on its first step with a grad."""
-        return bool(self._state_names(group)) or self._has_step
+        return bool(self._state_names(group)) or bool(self._scalar_names(group))
 
     def _first_step(self, param_state):
         """Whether a param with this (possibly empty) state has not stepped yet (SGD)."""
@@ -248,7 +269,10 @@ class FusedOptimizer(Optimizer):
 
     def _layout_key(self, group):
         """Options whose change needs a new plan (they change states or routing)."""
-        return (tuple(self._state_names(group)), bool(group.get("differentiable")), self._step_dtype(group))
+        return (
+            tuple(self._state_names(group)), tuple(self._scalar_names(group)), bool(group.get("differentiable")),
+            self._step_dtype(group),
+        )
 
     def _step_dtype(self, group):
         if group.get("fused") or group.get("capturable"):
@@ -294,6 +318,18 @@ class FusedOptimizer(Optimizer):
         self._plan = None
         self.__dict__.setdefault("last_step_paths", {"fused": 0, "reference": 0})
         self.__dict__.setdefault("_warned_reference_path", False)
+        # As torch.optim's __setstate__: options newer than the pickle get their defaults, and
+        # 0-dim states pickled as Python numbers become tensors.
+        for group in self.param_groups:
+            for key, value in self._group_defaults.items():
+                group.setdefault(key, value)
+            on_device = bool(group.get("capturable") or group.get("fused"))
+            for p in group["params"]:
+                p_state = self.state.get(p)
+                for name in self._scalar_names(group) if p_state else ():
+                    if name in p_state and not torch.is_tensor(p_state[name]):
+                        dict.__setitem__(p_state, name, torch.tensor(
+                            float(p_state[name]), dtype=self._step_dtype(group), device=p.device if on_device else "cpu"))
 
     def state_dict(self):
         state_dict = super().state_dict()

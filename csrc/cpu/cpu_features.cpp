@@ -74,10 +74,16 @@ const char* capability_name(CpuCapability capability) {
 }
 
 const KernelTable& kernels_for(CpuCapability capability) {
-  static const KernelTable scalar_kernels{scalar::adam_range, scalar::sgd_range};
+#define FO_SCALAR_KERNEL(name, Rule, Hyper) scalar::name##_range,
+#define FO_SCALAR_REDUCTION(name, Rule, Hyper) scalar::name##_segments,
+  static const KernelTable scalar_kernels{FO_ELEMENTWISE_RULES(FO_SCALAR_KERNEL) FO_REDUCTION_RULES(FO_SCALAR_REDUCTION)};
 #if FO_X86
-  static const KernelTable avx2_kernels{avx2::adam_range, avx2::sgd_range};
-  static const KernelTable avx512_kernels{avx512::adam_range, avx512::sgd_range};
+#define FO_AVX2_KERNEL(name, Rule, Hyper) avx2::name##_range,
+#define FO_AVX2_REDUCTION(name, Rule, Hyper) avx2::name##_segments,
+#define FO_AVX512_KERNEL(name, Rule, Hyper) avx512::name##_range,
+#define FO_AVX512_REDUCTION(name, Rule, Hyper) avx512::name##_segments,
+  static const KernelTable avx2_kernels{FO_ELEMENTWISE_RULES(FO_AVX2_KERNEL) FO_REDUCTION_RULES(FO_AVX2_REDUCTION)};
+  static const KernelTable avx512_kernels{FO_ELEMENTWISE_RULES(FO_AVX512_KERNEL) FO_REDUCTION_RULES(FO_AVX512_REDUCTION)};
   if (capability == CpuCapability::kAvx512) return avx512_kernels;
   if (capability == CpuCapability::kAvx2) return avx2_kernels;
 #endif

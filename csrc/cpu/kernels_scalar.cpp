@@ -2,20 +2,23 @@
 // own target flags (setup.py and CMakeLists.txt: CPU_ISA_FLAGS); it includes no torch header.
 #define FO_ISA isa_scalar
 #include "cpu/kernels.h"
-#include "cpu/adam_kernel.h"
-#include "cpu/sgd_kernel.h"
+#include "fusedoptim/cpu/sweep.h"
 
 namespace fusedoptim {
 namespace cpu {
 namespace scalar {
 
-void adam_range(const BucketTable& table, const math::AdamHyper& hyper, int64_t begin, int64_t end) {
-  sweep_bucket<AdamBody>(table, hyper, begin, end);
-}
-
-void sgd_range(const BucketTable& table, const math::SgdHyper& hyper, int64_t begin, int64_t end) {
-  sweep_bucket<SgdBody>(table, hyper, begin, end);
-}
+#define FO_DEFINE_KERNEL(name, Rule, Hyper)                                                         \
+  void name##_range(const BucketTable& table, const math::Hyper& hyper, int64_t begin, int64_t end) { \
+    sweep_bucket<math::Rule>(table, hyper, begin, end);                                              \
+  }
+#define FO_DEFINE_REDUCTION(name, Rule, Hyper)                                                     \
+  void name##_segments(const BucketTable& table, const math::Hyper& hyper, const Segment* segments, \
+                       int64_t first, int64_t last, double* out) {                                 \
+    reduce_bucket<math::Rule>(table, hyper, segments, first, last, out);                           \
+  }
+FO_ELEMENTWISE_RULES(FO_DEFINE_KERNEL)
+FO_REDUCTION_RULES(FO_DEFINE_REDUCTION)
 
 }  // namespace scalar
 }  // namespace cpu

@@ -1,5 +1,5 @@
 // SGD step over a bucket on the CPU: one parallel sweep of the active instruction set's
-// kernel (cpu/sgd_kernel.h).
+// kernel (math/sgd.h).
 #include "bucket.h"
 #include "cpu/dispatch.h"
 

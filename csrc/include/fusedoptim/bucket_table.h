@@ -13,12 +13,13 @@ constexpr int kParamSlot = 0;
 constexpr int kGradSlot = 1;
 constexpr int kFirstStateSlot = 2;
 constexpr int kMaxSlots = 5;
+constexpr int kNumTensorCoefs = 4;
 
 // One tensor of a bucket that has a gradient this step.
 struct TensorEntry {
   void* ptr[kMaxSlots];
   int64_t numel;      // in storage elements (complex params count twice, as real views)
-  double coef[2];     // per-tensor coefficients (Adam: -step_size, 1/sqrt(bias_correction2))
+  double coef[kNumTensorCoefs];  // per-tensor coefficients, set by the host step (<algo>_cpu.cpp)
   int32_t first_step; // 1 on the step that initialises this tensor's state (SGD momentum)
 };
 
@@ -30,6 +31,12 @@ struct BucketTable {
   int64_t num_entries;
   int64_t total_numel;
   DType dtype;
+};
+
+// A piece of one entry, [begin, end) in the entry's own index space: the unit of the
+// reduction sweeps (see NOTE: [Deterministic reductions]).
+struct Segment {
+  int64_t entry, begin, end;
 };
 
 }  // namespace fusedoptim

@@ -1,5 +1,6 @@
-// The CPU bucket sweep: runs an elementwise body over a range [begin, end) of a bucket's
-// flat index space, whole SIMD vectors first and the scalar rule for each tensor's tail.
+// The CPU bucket sweeps: run an update rule (fusedoptim/math/<algo>.h) over a range
+// [begin, end) of a bucket's flat index space, whole SIMD vectors first and the scalar rule
+// for each tensor's tail; and the reduction sweep over fixed segments (LAMB's norms).
 //
 // Header-only and free of the C++ standard library's templates on purpose: a std::
 // template instantiated here would be compiled with this TU's ISA flags but keep one
@@ -9,6 +10,7 @@
 
 #include "fusedoptim/bucket_table.h"
 #include "fusedoptim/cpu/vec.h"
+#include "fusedoptim/math/rule.h"
 
 namespace fusedoptim {
 namespace cpu {
@@ -28,31 +30,142 @@ FO_INLINE int64_t entry_containing(const BucketTable& table, int64_t index) {
 template <typename V, typename = void> struct width_of { static constexpr int value = 1; };
 template <typename V> struct width_of<V, decltype(void(V::kWidth))> { static constexpr int value = V::kWidth; };
 
+// Whether a rule only reads its states (LAMB's apply pass): then they are not stored back.
+template <typename R, typename = void> struct states_read_only { static constexpr bool value = false; };
+template <typename R> struct states_read_only<R, decltype(void(R::kReadOnlyStates))> {
+  static constexpr bool value = R::kReadOnlyStates;
+};
+
+// One element (or vector) of a rule: load the param, grad and the states the rule uses, run
+// it, store. Slots: param, grad, then the rule's states in order (bucket_table.h).
+template <template <typename> class Rule, typename Storage>
+struct RuleBody {
+  using S = math_t<Storage>;
+  using Coefs = math::TensorCoefs<S>;
+  static constexpr int kMaxStates = Rule<S>::kMaxStates;
+  static_assert(kFirstStateSlot + kMaxStates <= kMaxSlots, "too many states for a table entry");
+  Rule<S> rule;
+
+  template <typename Hyper>
+  explicit RuleBody(const Hyper& hyper) : rule(hyper) {}
+
+  template <typename V>
+  FO_INLINE void load_states(const TensorEntry& e, int64_t i, V* state) const {
+    for (int k = 0; k < kMaxStates; ++k) {
+      if (k < rule.num_states) state[k] = load<V>(static_cast<const Storage*>(e.ptr[kFirstStateSlot + k]) + i);
+    }
+  }
+
+  template <typename V>
+  FO_INLINE void store_all(const TensorEntry& e, int64_t i, V param, const V* state) const {
+    store(static_cast<Storage*>(e.ptr[kParamSlot]) + i, param);
+    if (states_read_only<Rule<S>>::value) return;
+    for (int k = 0; k < kMaxStates; ++k) {
+      if (k < rule.num_states) store(static_cast<Storage*>(e.ptr[kFirstStateSlot + k]) + i, state[k]);
+    }
+  }
+
+  template <typename V>
+  FO_INLINE void apply(const TensorEntry& e, const Coefs& coefs, int64_t i) const {
+    V param = load<V>(static_cast<const Storage*>(e.ptr[kParamSlot]) + i);
+    const V grad = load<V>(static_cast<const Storage*>(e.ptr[kGradSlot]) + i);
+    V state[kMaxStates > 0 ? kMaxStates : 1];
+    load_states(e, i, state);
+    rule.update(param, grad, state, coefs);
+    store_all(e, i, param, state);
+  }
+
+  // Reduction rules: also adds the element's contributions to sums.
+  template <typename V>
+  FO_INLINE void apply_reduce(const TensorEntry& e, const Coefs& coefs, int64_t i, V* sums) const {
+    V param = load<V>(static_cast<const Storage*>(e.ptr[kParamSlot]) + i);
+    const V grad = load<V>(static_cast<const Storage*>(e.ptr[kGradSlot]) + i);
+    V state[kMaxStates > 0 ? kMaxStates : 1];
+    load_states(e, i, state);
+    rule.update(param, grad, state, coefs, sums);
+    if (Rule<S>::kWritesParam) store(static_cast<Storage*>(e.ptr[kParamSlot]) + i, param);
+    for (int k = 0; k < kMaxStates; ++k) {
+      if (k < rule.num_states) store(static_cast<Storage*>(e.ptr[kFirstStateSlot + k]) + i, state[k]);
+    }
+  }
+};
+
 template <typename Storage, typename Body>
 FO_INLINE void sweep(const BucketTable& table, int64_t begin, int64_t end, const Body& body) {
   using S = math_t<Storage>;
   using V = typename VecOf<S>::type;
   for (int64_t i = entry_containing(table, begin); i < table.num_entries && table.prefix[i] < end; ++i) {
     const TensorEntry& entry = table.entries[i];
+    const typename Body::Coefs coefs(entry);
     const int64_t start = table.prefix[i];
     int64_t j = begin > start ? begin - start : 0;
     const int64_t stop = end - start < entry.numel ? end - start : entry.numel;
     if constexpr (width_of<V>::value > 1) {
-      for (; j + width_of<V>::value <= stop; j += width_of<V>::value) body.template apply<V>(entry, j);
+      for (; j + width_of<V>::value <= stop; j += width_of<V>::value) body.template apply<V>(entry, coefs, j);
     }
-    for (; j < stop; ++j) body.template apply<S>(entry, j);
+    for (; j < stop; ++j) body.template apply<S>(entry, coefs, j);
   }
 }
 
-// Sweeps [begin, end) with Body<Storage> for the bucket's storage dtype. Body<Storage> is
-// an algorithm's elementwise body (see <algo>_kernel.h), constructed from its Hyper.
-template <template <typename> class Body, typename Hyper>
+// Sweeps [begin, end) with Rule for the bucket's storage dtype, constructed from hyper.
+template <template <typename> class Rule, typename Hyper>
 FO_INLINE void sweep_bucket(const BucketTable& table, const Hyper& hyper, int64_t begin, int64_t end) {
   switch (table.dtype) {
-    case DType::kFloat32: sweep<float>(table, begin, end, Body<float>(hyper)); break;
-    case DType::kFloat64: sweep<double>(table, begin, end, Body<double>(hyper)); break;
-    case DType::kBFloat16: sweep<bf16_t>(table, begin, end, Body<bf16_t>(hyper)); break;
-    case DType::kFloat16: sweep<fp16_t>(table, begin, end, Body<fp16_t>(hyper)); break;
+    case DType::kFloat32: sweep<float>(table, begin, end, RuleBody<Rule, float>(hyper)); break;
+    case DType::kFloat64: sweep<double>(table, begin, end, RuleBody<Rule, double>(hyper)); break;
+    case DType::kBFloat16: sweep<bf16_t>(table, begin, end, RuleBody<Rule, bf16_t>(hyper)); break;
+    case DType::kFloat16: sweep<fp16_t>(table, begin, end, RuleBody<Rule, fp16_t>(hyper)); break;
+  }
+}
+
+// NOTE: [Deterministic reductions]
+// Per-tensor sums (LAMB's norms) are computed over segments that depend only on the table
+// (each tensor cut into pieces of at most kSegmentNumel elements), never on how threads
+// split the work, and the host adds the segments of a tensor in order. So a step gives the
+// same bits whatever torch.get_num_threads() is.
+template <typename Storage, typename Body>
+FO_INLINE void reduce_segment(const BucketTable& table, const Segment& segment, const Body& body, double* out) {
+  using S = math_t<Storage>;
+  using V = typename VecOf<S>::type;
+  constexpr int kNumSums = Body::kNumSums;
+  const TensorEntry& entry = table.entries[segment.entry];
+  const typename Body::Coefs coefs(entry);
+  int64_t j = segment.begin;
+  double total[kNumSums];
+  for (int k = 0; k < kNumSums; ++k) total[k] = 0.0;
+  if constexpr (width_of<V>::value > 1) {
+    V sums[kNumSums];
+    for (int k = 0; k < kNumSums; ++k) sums[k] = V(S(0));
+    for (; j + width_of<V>::value <= segment.end; j += width_of<V>::value) {
+      body.template apply_reduce<V>(entry, coefs, j, sums);
+    }
+    for (int k = 0; k < kNumSums; ++k) total[k] = fo_sum(sums[k]);
+  }
+  S tail[kNumSums];
+  for (int k = 0; k < kNumSums; ++k) tail[k] = S(0);
+  for (; j < segment.end; ++j) body.template apply_reduce<S>(entry, coefs, j, tail);
+  for (int k = 0; k < kNumSums; ++k) out[k] = total[k] + double(tail[k]);
+}
+
+template <template <typename> class Rule, typename Storage>
+struct ReduceBody : RuleBody<Rule, Storage> {
+  static constexpr int kNumSums = Rule<math_t<Storage>>::kNumSums;
+  using RuleBody<Rule, Storage>::RuleBody;
+};
+
+// Runs reduction Rule over segments [first, last), writing Rule::kNumSums doubles per segment.
+template <template <typename> class Rule, typename Hyper>
+FO_INLINE void reduce_bucket(const BucketTable& table, const Hyper& hyper, const Segment* segments, int64_t first,
+                             int64_t last, double* out) {
+  constexpr int kNumSums = Rule<float>::kNumSums;
+  for (int64_t s = first; s < last; ++s) {
+    double* segment_out = out + s * kNumSums;
+    switch (table.dtype) {
+      case DType::kFloat32: reduce_segment<float>(table, segments[s], ReduceBody<Rule, float>(hyper), segment_out); break;
+      case DType::kFloat64: reduce_segment<double>(table, segments[s], ReduceBody<Rule, double>(hyper), segment_out); break;
+      case DType::kBFloat16: reduce_segment<bf16_t>(table, segments[s], ReduceBody<Rule, bf16_t>(hyper), segment_out); break;
+      case DType::kFloat16: reduce_segment<fp16_t>(table, segments[s], ReduceBody<Rule, fp16_t>(hyper), segment_out); break;
+    }
   }
 }
 

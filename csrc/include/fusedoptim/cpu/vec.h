@@ -56,6 +56,26 @@ struct Vec16f {
     const __mmask16 a_nan = _mm512_cmp_ps_mask(a.v, a.v, _CMP_UNORD_Q);
     return Vec16f(_mm512_mask_blend_ps(a_nan, _mm512_max_ps(a.v, b.v), a.v));
   }
+  friend FO_INLINE Vec16f fo_abs(Vec16f a) {
+    return Vec16f(_mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a.v), _mm512_set1_epi32(INT32_MAX))));
+  }
+  friend FO_INLINE Vec16f fo_sign(Vec16f a) {
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512 pos = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(zero, a.v, _CMP_LT_OQ), _mm512_set1_ps(1.0f));
+    return Vec16f(_mm512_mask_mov_ps(pos, _mm512_cmp_ps_mask(a.v, zero, _CMP_LT_OQ), _mm512_set1_ps(-1.0f)));
+  }
+  friend FO_INLINE Vec16f fo_clamp(Vec16f x, Vec16f lo, Vec16f hi) {
+    // max/min_ps return the second operand when either is NaN: keep x second so NaN stays.
+    return Vec16f(_mm512_min_ps(hi.v, _mm512_max_ps(lo.v, x.v)));
+  }
+  friend FO_INLINE __mmask16 fo_gt(Vec16f a, Vec16f b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_GT_OQ); }
+  friend FO_INLINE __mmask16 fo_lt(Vec16f a, Vec16f b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ); }
+  friend FO_INLINE Vec16f fo_select(__mmask16 m, Vec16f a, Vec16f b) { return Vec16f(_mm512_mask_blend_ps(m, b.v, a.v)); }
+  friend FO_INLINE double fo_sum(Vec16f a) {
+    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(a.v));
+    const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a.v), 1)));
+    return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
+  }
 };
 
 struct Vec8d {
@@ -73,6 +93,21 @@ struct Vec8d {
     const __mmask8 a_nan = _mm512_cmp_pd_mask(a.v, a.v, _CMP_UNORD_Q);
     return Vec8d(_mm512_mask_blend_pd(a_nan, _mm512_max_pd(a.v, b.v), a.v));
   }
+  friend FO_INLINE Vec8d fo_abs(Vec8d a) {
+    return Vec8d(_mm512_castsi512_pd(_mm512_and_si512(_mm512_castpd_si512(a.v), _mm512_set1_epi64(INT64_MAX))));
+  }
+  friend FO_INLINE Vec8d fo_sign(Vec8d a) {
+    const __m512d zero = _mm512_setzero_pd();
+    const __m512d pos = _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(zero, a.v, _CMP_LT_OQ), _mm512_set1_pd(1.0));
+    return Vec8d(_mm512_mask_mov_pd(pos, _mm512_cmp_pd_mask(a.v, zero, _CMP_LT_OQ), _mm512_set1_pd(-1.0)));
+  }
+  friend FO_INLINE Vec8d fo_clamp(Vec8d x, Vec8d lo, Vec8d hi) {
+    return Vec8d(_mm512_min_pd(hi.v, _mm512_max_pd(lo.v, x.v)));
+  }
+  friend FO_INLINE __mmask8 fo_gt(Vec8d a, Vec8d b) { return _mm512_cmp_pd_mask(a.v, b.v, _CMP_GT_OQ); }
+  friend FO_INLINE __mmask8 fo_lt(Vec8d a, Vec8d b) { return _mm512_cmp_pd_mask(a.v, b.v, _CMP_LT_OQ); }
+  friend FO_INLINE Vec8d fo_select(__mmask8 m, Vec8d a, Vec8d b) { return Vec8d(_mm512_mask_blend_pd(m, b.v, a.v)); }
+  friend FO_INLINE double fo_sum(Vec8d a) { return _mm512_reduce_add_pd(a.v); }
 };
 
 template <> struct VecOf<float> { using type = Vec16f; };
@@ -123,6 +158,27 @@ struct Vec8f {
     const __m256 a_nan = _mm256_cmp_ps(a.v, a.v, _CMP_UNORD_Q);
     return Vec8f(_mm256_blendv_ps(_mm256_max_ps(a.v, b.v), a.v, a_nan));
   }
+  friend FO_INLINE Vec8f fo_abs(Vec8f a) { return Vec8f(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.v)); }
+  friend FO_INLINE Vec8f fo_sign(Vec8f a) {
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256 pos = _mm256_and_ps(_mm256_cmp_ps(zero, a.v, _CMP_LT_OQ), _mm256_set1_ps(1.0f));
+    const __m256 neg = _mm256_and_ps(_mm256_cmp_ps(a.v, zero, _CMP_LT_OQ), _mm256_set1_ps(-1.0f));
+    return Vec8f(_mm256_or_ps(pos, neg));
+  }
+  friend FO_INLINE Vec8f fo_clamp(Vec8f x, Vec8f lo, Vec8f hi) {
+    // max/min_ps return the second operand when either is NaN: keep x second so NaN stays.
+    return Vec8f(_mm256_min_ps(hi.v, _mm256_max_ps(lo.v, x.v)));
+  }
+  friend FO_INLINE Vec8f fo_gt(Vec8f a, Vec8f b) { return Vec8f(_mm256_cmp_ps(a.v, b.v, _CMP_GT_OQ)); }
+  friend FO_INLINE Vec8f fo_lt(Vec8f a, Vec8f b) { return Vec8f(_mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ)); }
+  friend FO_INLINE Vec8f fo_select(Vec8f mask, Vec8f a, Vec8f b) { return Vec8f(_mm256_blendv_ps(b.v, a.v, mask.v)); }
+  friend FO_INLINE double fo_sum(Vec8f a) {
+    const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(a.v));
+    const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(a.v, 1));
+    alignas(32) double lanes[4];
+    _mm256_store_pd(lanes, _mm256_add_pd(lo, hi));
+    return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+  }
 };
 
 struct Vec4d {
@@ -137,6 +193,24 @@ struct Vec4d {
   friend FO_INLINE Vec4d fo_maximum(Vec4d a, Vec4d b) {
     const __m256d a_nan = _mm256_cmp_pd(a.v, a.v, _CMP_UNORD_Q);
     return Vec4d(_mm256_blendv_pd(_mm256_max_pd(a.v, b.v), a.v, a_nan));
+  }
+  friend FO_INLINE Vec4d fo_abs(Vec4d a) { return Vec4d(_mm256_andnot_pd(_mm256_set1_pd(-0.0), a.v)); }
+  friend FO_INLINE Vec4d fo_sign(Vec4d a) {
+    const __m256d zero = _mm256_setzero_pd();
+    const __m256d pos = _mm256_and_pd(_mm256_cmp_pd(zero, a.v, _CMP_LT_OQ), _mm256_set1_pd(1.0));
+    const __m256d neg = _mm256_and_pd(_mm256_cmp_pd(a.v, zero, _CMP_LT_OQ), _mm256_set1_pd(-1.0));
+    return Vec4d(_mm256_or_pd(pos, neg));
+  }
+  friend FO_INLINE Vec4d fo_clamp(Vec4d x, Vec4d lo, Vec4d hi) {
+    return Vec4d(_mm256_min_pd(hi.v, _mm256_max_pd(lo.v, x.v)));
+  }
+  friend FO_INLINE Vec4d fo_gt(Vec4d a, Vec4d b) { return Vec4d(_mm256_cmp_pd(a.v, b.v, _CMP_GT_OQ)); }
+  friend FO_INLINE Vec4d fo_lt(Vec4d a, Vec4d b) { return Vec4d(_mm256_cmp_pd(a.v, b.v, _CMP_LT_OQ)); }
+  friend FO_INLINE Vec4d fo_select(Vec4d mask, Vec4d a, Vec4d b) { return Vec4d(_mm256_blendv_pd(b.v, a.v, mask.v)); }
+  friend FO_INLINE double fo_sum(Vec4d a) {
+    alignas(32) double lanes[4];
+    _mm256_store_pd(lanes, a.v);
+    return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
   }
 };
 

@@ -14,7 +14,7 @@
 #pragma once
 #include <cmath>
 
-#include "fusedoptim/math/common.h"
+#include "fusedoptim/math/rule.h"
 
 namespace fusedoptim {
 namespace math {
@@ -46,41 +46,45 @@ struct AdamStepCoefs {
 
 inline namespace FO_ISA {
 
+// States: exp_avg, exp_avg_sq, max_exp_avg_sq (amsgrad). Per tensor: c[0] = -step_size,
+// c[1] = 1 / sqrt(bias_correction2) (AdamStepCoefs).
 template <typename S>
-struct AdamCoefs {
+struct AdamRule {
+  static constexpr int kMaxStates = 3;
+  int num_states;
   S one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay_factor;
   bool amsgrad, maximize, decoupled, has_weight_decay, lerp_weight_is_small;
 
-  FO_HOST_DEVICE explicit AdamCoefs(const AdamHyper& h)
-      : one_minus_beta1(S(1.0 - h.beta1)), beta2(S(h.beta2)), one_minus_beta2(S(1.0 - h.beta2)),
-        eps(S(h.eps)), weight_decay(S(h.weight_decay)), decay_factor(S(h.decay_factor)),
-        amsgrad(h.amsgrad), maximize(h.maximize), decoupled(h.decoupled_weight_decay),
-        has_weight_decay(h.weight_decay != 0.0),
+  FO_HOST_DEVICE explicit AdamRule(const AdamHyper& h)
+      : num_states(h.amsgrad ? 3 : 2), one_minus_beta1(S(1.0 - h.beta1)), beta2(S(h.beta2)),
+        one_minus_beta2(S(1.0 - h.beta2)), eps(S(h.eps)), weight_decay(S(h.weight_decay)),
+        decay_factor(S(h.decay_factor)), amsgrad(h.amsgrad), maximize(h.maximize),
+        decoupled(h.decoupled_weight_decay), has_weight_decay(h.weight_decay != 0.0),
         lerp_weight_is_small(fabs(double(S(1.0 - h.beta1))) < 0.5) {}
-};
 
-template <typename V, typename S>
-FO_HOST_DEVICE FO_INLINE void adam_update(V& param, V grad, V& exp_avg, V& exp_avg_sq,
-                                          V& max_exp_avg_sq, const AdamCoefs<S>& c,
-                                          S neg_step_size, S inv_bias_correction2_sqrt) {
-  if (c.maximize) grad = -grad;
-  if (c.has_weight_decay) {
-    if (c.decoupled) {
-      param = param * V(c.decay_factor);
-    } else {
-      grad = grad + V(c.weight_decay) * param;
+  template <typename V>
+  FO_HOST_DEVICE FO_INLINE void update(V& param, V grad, V* state, const TensorCoefs<S>& t) const {
+    V& exp_avg = state[0];
+    V& exp_avg_sq = state[1];
+    if (maximize) grad = -grad;
+    if (has_weight_decay) {
+      if (decoupled) {
+        param = param * V(decay_factor);
+      } else {
+        grad = grad + V(weight_decay) * param;
+      }
     }
+    exp_avg = fo_lerp(exp_avg, grad, one_minus_beta1, lerp_weight_is_small);
+    exp_avg_sq = exp_avg_sq * V(beta2) + V(one_minus_beta2) * grad * grad;
+    V second_moment = exp_avg_sq;
+    if (amsgrad) {
+      state[2] = fo_maximum(state[2], exp_avg_sq);
+      second_moment = state[2];
+    }
+    const V denom = fo_sqrt(second_moment) * V(t.c[1]) + V(eps);
+    param = param + V(t.c[0]) * exp_avg / denom;
   }
-  exp_avg = fo_lerp(exp_avg, grad, c.one_minus_beta1, c.lerp_weight_is_small);
-  exp_avg_sq = exp_avg_sq * V(c.beta2) + V(c.one_minus_beta2) * grad * grad;
-  V second_moment = exp_avg_sq;
-  if (c.amsgrad) {
-    max_exp_avg_sq = fo_maximum(max_exp_avg_sq, exp_avg_sq);
-    second_moment = max_exp_avg_sq;
-  }
-  const V denom = fo_sqrt(second_moment) * V(inv_bias_correction2_sqrt) + V(c.eps);
-  param = param + V(neg_step_size) * exp_avg / denom;
-}
+};
 
 }  // namespace FO_ISA
 }  // namespace math

@@ -22,6 +22,34 @@ FO_HOST_DEVICE FO_INLINE T fo_maximum(T a, T b) {
   return a > b ? a : b;
 }
 
+FO_HOST_DEVICE FO_INLINE float fo_abs(float x) { return fabsf(x); }
+FO_HOST_DEVICE FO_INLINE double fo_abs(double x) { return fabs(x); }
+
+// torch.sign: 0 for zeros and NaN.
+template <typename T>
+FO_HOST_DEVICE FO_INLINE T fo_sign(T x) {
+  return T(int(T(0) < x) - int(x < T(0)));
+}
+
+// torch.clamp(x, lo, hi): NaN stays NaN.
+template <typename T>
+FO_HOST_DEVICE FO_INLINE T fo_clamp(T x, T lo, T hi) {
+  if (x != x) return x;
+  x = x < lo ? lo : x;
+  return x > hi ? hi : x;
+}
+
+// A value's lanes summed in double (reductions).
+FO_HOST_DEVICE FO_INLINE double fo_sum(float x) { return double(x); }
+FO_HOST_DEVICE FO_INLINE double fo_sum(double x) { return x; }
+
+// Lane masks: bool for scalars, a mask type for SIMD wrappers (fusedoptim/cpu/vec.h).
+template <typename T> FO_HOST_DEVICE FO_INLINE bool fo_gt(T a, T b) { return a > b; }
+template <typename T> FO_HOST_DEVICE FO_INLINE bool fo_lt(T a, T b) { return a < b; }
+template <typename T> FO_HOST_DEVICE FO_INLINE T fo_select(bool mask, T if_true, T if_false) {
+  return mask ? if_true : if_false;
+}
+
 // NOTE: [Lerp as torch computes it]
 // torch.lerp(self, end, w) evaluates self + w * (end - self) when |w| < 0.5 and
 // end - (end - self) * (1 - w) otherwise, to keep precision near both ends. The branch

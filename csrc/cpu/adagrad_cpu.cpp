@@ -1,0 +1,18 @@
+// Adagrad step over a bucket on the CPU: the decayed learning rate per step count on the
+// host, then one parallel sweep of the active instruction set's kernel (math/adagrad.h).
+#include "cpu/dispatch.h"
+#include "cpu/step_coefs.h"
+
+namespace fusedoptim {
+namespace cpu {
+
+void adagrad_step(Bucket& bucket, const math::AdagradHyper& hyper) {
+  set_coefs_by_step(bucket, bucket.advance_steps(), [&](double step) {
+    const double clr = hyper.lr / (1.0 + (step - 1.0) * hyper.lr_decay);
+    return TensorCoefValues{-clr, 0.0, 0.0, 0.0};
+  });
+  parallel_sweep(kernels_for(active_capability()).adagrad, bucket.table(), hyper);
+}
+
+}  // namespace cpu
+}  // namespace fusedoptim

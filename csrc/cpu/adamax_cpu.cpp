@@ -1,0 +1,20 @@
+// Adamax step over a bucket on the CPU: the bias-corrected learning rate per step count on
+// the host, then one parallel sweep of the active instruction set's kernel (math/adamax.h).
+#include <cmath>
+
+#include "cpu/dispatch.h"
+#include "cpu/step_coefs.h"
+
+namespace fusedoptim {
+namespace cpu {
+
+void adamax_step(Bucket& bucket, const math::AdamaxHyper& hyper) {
+  set_coefs_by_step(bucket, bucket.advance_steps(), [&](double step) {
+    const double clr = hyper.lr / (1.0 - std::pow(hyper.beta1, step));
+    return TensorCoefValues{-clr, 0.0, 0.0, 0.0};
+  });
+  parallel_sweep(kernels_for(active_capability()).adamax, bucket.table(), hyper);
+}
+
+}  // namespace cpu
+}  // namespace fusedoptim

@@ -1,0 +1,38 @@
+// ASGD step over a bucket on the CPU: each param's eta and mu (0-dim states) give its
+// coefficients, the sweep updates param and average, and the host then advances eta and mu
+// as torch.optim.ASGD does (math/asgd.h).
+#include <algorithm>
+#include <cmath>
+
+#include "cpu/dispatch.h"
+#include "cpu/step_coefs.h"
+
+namespace fusedoptim {
+namespace cpu {
+namespace {
+constexpr int kEtaScalar = 1;  // scalars: step, eta, mu
+constexpr int kMuScalar = 2;
+}  // namespace
+
+void asgd_step(Bucket& bucket, const math::AsgdHyper& hyper) {
+  const std::vector<double>& steps = bucket.advance_steps();
+  std::vector<TensorEntry>& entries = bucket.entries();
+  for (size_t k = 0; k < entries.size(); ++k) {
+    const double eta = bucket.scalar(kEtaScalar, k);
+    const double mu = bucket.scalar(kMuScalar, k);
+    TensorEntry& entry = entries[k];
+    entry.coef[0] = 1.0 - hyper.lambd * eta;
+    entry.coef[1] = -eta;
+    entry.coef[2] = mu;
+    entry.coef[3] = mu != 1.0 ? 1.0 : 0.0;
+  }
+  parallel_sweep(kernels_for(active_capability()).asgd, bucket.table(), hyper);
+  for (size_t k = 0; k < entries.size(); ++k) {
+    const double step = steps[k];
+    bucket.set_scalar(kEtaScalar, k, hyper.lr / std::pow(1.0 + hyper.lambd * hyper.lr * step, hyper.alpha));
+    bucket.set_scalar(kMuScalar, k, 1.0 / std::max(1.0, step - hyper.t0));
+  }
+}
+
+}  // namespace cpu
+}  // namespace fusedoptim

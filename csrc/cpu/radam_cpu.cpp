@@ -1,0 +1,20 @@
+// RAdam step over a bucket on the CPU: bias corrections and the variance rectification per
+// step count on the host, then one parallel sweep of the active instruction set's kernel
+// (math/radam.h).
+#include "cpu/dispatch.h"
+#include "cpu/step_coefs.h"
+
+namespace fusedoptim {
+namespace cpu {
+
+void radam_step(Bucket& bucket, const math::RadamHyper& hyper) {
+  set_coefs_by_step(bucket, bucket.advance_steps(), [&](double step) {
+    const auto coefs = math::RadamStepCoefs::at_step(hyper, step);
+    return TensorCoefValues{coefs.bias_correction1, coefs.bias_correction2_sqrt, coefs.rect,
+                            coefs.rectified ? 1.0 : 0.0};
+  });
+  parallel_sweep(kernels_for(active_capability()).radam, bucket.table(), hyper);
+}
+
+}  // namespace cpu
+}  // namespace fusedoptim

@@ -1,0 +1,16 @@
+// RMSprop step over a bucket on the CPU: advance the step counters (kept as
+// torch.optim.RMSprop keeps them), then one parallel sweep of the active instruction set's kernel
+// (math/rmsprop.h).
+#include "bucket.h"
+#include "cpu/dispatch.h"
+
+namespace fusedoptim {
+namespace cpu {
+
+void rmsprop_step(Bucket& bucket, const math::RmspropHyper& hyper) {
+  bucket.advance_steps();
+  parallel_sweep(kernels_for(active_capability()).rmsprop, bucket.table(), hyper);
+}
+
+}  // namespace cpu
+}  // namespace fusedoptim

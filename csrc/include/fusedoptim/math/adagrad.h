@@ -1,0 +1,46 @@
+// Adagrad (dense gradients): the update rule, written once for every backend.
+//
+// Per element, in torch.optim.Adagrad's order of operations (t = the param's step after
+// increment; clr computed per param on the host in double):
+//   g = maximize ? -grad : grad
+//   g = g + weight_decay * p                       (weight_decay != 0)
+//   sum = sum + g * g
+//   p = p + (-clr * g) / (sqrt(sum) + eps)         clr = lr / (1 + (t - 1) * lr_decay)
+#pragma once
+#include "fusedoptim/math/rule.h"
+
+namespace fusedoptim {
+namespace math {
+
+struct AdagradHyper {
+  double lr, lr_decay, weight_decay, eps;
+  bool maximize;
+};
+
+inline namespace FO_ISA {
+
+// States: sum. Per tensor: c[0] = -clr.
+template <typename S>
+struct AdagradRule {
+  static constexpr int kMaxStates = 1;
+  int num_states = 1;
+  S eps, weight_decay;
+  bool maximize, has_weight_decay;
+
+  FO_HOST_DEVICE explicit AdagradRule(const AdagradHyper& h)
+      : eps(S(h.eps)), weight_decay(S(h.weight_decay)), maximize(h.maximize),
+        has_weight_decay(h.weight_decay != 0.0) {}
+
+  template <typename V>
+  FO_HOST_DEVICE FO_INLINE void update(V& param, V grad, V* state, const TensorCoefs<S>& t) const {
+    V& sum = state[0];
+    if (maximize) grad = -grad;
+    if (has_weight_decay) grad = grad + V(weight_decay) * param;
+    sum = sum + grad * grad;
+    param = param + V(t.c[0]) * grad / (fo_sqrt(sum) + V(eps));
+  }
+};
+
+}  // namespace FO_ISA
+}  // namespace math
+}  // namespace fusedoptim

@@ -1,0 +1,49 @@
+// ASGD (averaged SGD): the update rule, written once for every backend.
+//
+// Per element, in torch.optim.ASGD's order of operations. eta and mu are the param's own
+// 0-dim states (read before this step's update of them, on the host):
+//   g = maximize ? -grad : grad
+//   g = g + weight_decay * p                       (weight_decay != 0)
+//   p = p * (1 - lambd * eta)
+//   p = p + (-eta) * g
+//   ax = mu != 1 ? ax + (p - ax) * mu : p
+// then on the host: eta = lr / (1 + lambd * lr * t)^alpha, mu = 1 / max(1, t - t0).
+#pragma once
+#include "fusedoptim/math/rule.h"
+
+namespace fusedoptim {
+namespace math {
+
+struct AsgdHyper {
+  double lr, lambd, alpha, t0, weight_decay;
+  bool maximize;
+};
+
+inline namespace FO_ISA {
+
+// States: ax. Per tensor: c[0] = 1 - lambd * eta, c[1] = -eta, c[2] = mu,
+// c[3] = 1 when mu != 1 (average) and 0 when ax copies the param.
+template <typename S>
+struct AsgdRule {
+  static constexpr int kMaxStates = 1;
+  int num_states = 1;
+  S weight_decay;
+  bool maximize, has_weight_decay;
+
+  FO_HOST_DEVICE explicit AsgdRule(const AsgdHyper& h)
+      : weight_decay(S(h.weight_decay)), maximize(h.maximize), has_weight_decay(h.weight_decay != 0.0) {}
+
+  template <typename V>
+  FO_HOST_DEVICE FO_INLINE void update(V& param, V grad, V* state, const TensorCoefs<S>& t) const {
+    V& ax = state[0];
+    if (maximize) grad = -grad;
+    if (has_weight_decay) grad = grad + V(weight_decay) * param;
+    param = param * V(t.c[0]);
+    param = param + V(t.c[1]) * grad;
+    ax = t.c[3] != S(0) ? ax + (param - ax) * V(t.c[2]) : param;
+  }
+};
+
+}  // namespace FO_ISA
+}  // namespace math
+}  // namespace fusedoptim

@@ -1,0 +1,33 @@
+// What every update rule (fusedoptim/math/<algo>.h) shares: the per-tensor coefficients the
+// host computes each step, and the shape of a rule.
+//
+// A rule is a class template Rule<S> over the math type S with
+//   static constexpr int kMaxStates;   // elementwise states, in slot order
+//   int num_states;                    // how many this configuration uses (a prefix)
+//   explicit Rule(const Hyper&);       // hyperparameters converted once per step
+//   template <typename V> void update(V& param, V grad, V* state, const TensorCoefs<S>&) const;
+// and a reduction rule (LAMB) also has kNumSums and update(..., V* sums), adding each
+// element's contributions to sums. V is a scalar or a SIMD wrapper (fusedoptim/cpu/vec.h);
+// the backend loads and stores, the rule only computes.
+#pragma once
+#include "fusedoptim/bucket_table.h"
+#include "fusedoptim/math/common.h"
+
+namespace fusedoptim {
+namespace math {
+inline namespace FO_ISA {
+
+// A table entry's per-tensor coefficients in the math type (see TensorEntry::coef).
+template <typename S>
+struct TensorCoefs {
+  S c[kNumTensorCoefs];
+  bool first_step;
+
+  FO_HOST_DEVICE explicit TensorCoefs(const TensorEntry& e) : first_step(e.first_step != 0) {
+    for (int k = 0; k < kNumTensorCoefs; ++k) c[k] = S(e.coef[k]);
+  }
+};
+
+}  // namespace FO_ISA
+}  // namespace math
+}  // namespace fusedoptim

@@ -1,0 +1,85 @@
+"""Adadelta: fused torch.optim.Adadelta."""
+
+import torch
+from torch.optim import adadelta as _torch_adadelta
+from torch.optim.optimizer import _get_scalar_dtype
+
+from fusedoptim import _reference
+from fusedoptim.optimizer import FusedOptimizer, _scalar
+
+__all__ = ["Adadelta"]
+
+
+class Adadelta(FusedOptimizer):
+    _has_step = True
+
+    def __init__(
+        self,
+        params,
+        lr=1.0,
+        rho=0.9,
+        eps=1e-6,
+        weight_decay=0,
+        foreach=None,
+        *,
+        capturable=False,
+        maximize=False,
+        differentiable=False,
+    ):
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= rho <= 1.0:
+            raise ValueError(f"Invalid rho value: {rho}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+
+        defaults = {
+            "lr": lr,
+            "rho": rho,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "maximize": maximize,
+            "capturable": capturable,
+            "foreach": foreach,
+            "differentiable": differentiable,
+        }
+        super().__init__(params, defaults)
+
+    _group_defaults = {"foreach": None, "maximize": False, "differentiable": False, "capturable": False}
+
+    def _step_dtype(self, group):
+        return _get_scalar_dtype()
+
+    def _state_names(self, group):
+        return ("square_avg", "acc_delta")
+
+    def _fused_step(self, group, bucket):
+        bucket.adadelta(
+            _scalar(group["lr"]), _scalar(group["rho"]), _scalar(group["eps"]), _scalar(group["weight_decay"]),
+            bool(group["maximize"]),
+        )
+
+    def _check_step(self, group, reference_params):
+        for p in reference_params:
+            if p.grad.is_sparse:
+                raise RuntimeError("Adadelta does not support sparse gradients")
+
+    def _reference_step(self, group, params):
+        (params, grads, square_avgs, acc_deltas, steps), has_complex = _reference.torch_init_group(
+            _torch_adadelta.Adadelta, self, group, params, 3)
+        _torch_adadelta.adadelta(
+            params, grads, square_avgs, acc_deltas, steps, lr=group["lr"], rho=group["rho"], eps=group["eps"],
+            weight_decay=group["weight_decay"], foreach=False, maximize=group["maximize"],
+            differentiable=group["differentiable"], capturable=group["capturable"], has_complex=has_complex,
+        )
+
+
+Adadelta.__doc__ = _torch_adadelta.Adadelta.__doc__ + """
+    fusedoptim: the step runs one fused kernel per bucket (param group x dtype) on the CPU.
+    ``foreach`` and ``capturable`` are accepted for compatibility and have no effect there;
+    ``differentiable=True`` takes torch's own implementation (the reference path).
+"""

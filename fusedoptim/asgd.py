@@ -1,0 +1,86 @@
+"""ASGD: fused torch.optim.ASGD."""
+
+import torch
+from torch.optim import asgd as _torch_asgd
+from torch.optim.optimizer import _get_scalar_dtype
+
+from fusedoptim import _reference
+from fusedoptim.optimizer import FusedOptimizer, _scalar
+
+__all__ = ["ASGD"]
+
+
+class ASGD(FusedOptimizer):
+    _group_defaults = {"foreach": None, "maximize": False, "differentiable": False, "capturable": False}
+
+    def __init__(
+        self,
+        params,
+        lr=1e-2,
+        lambd=1e-4,
+        alpha=0.75,
+        t0=1e6,
+        weight_decay=0,
+        foreach=None,
+        maximize=False,
+        differentiable=False,
+        capturable=False,
+    ):
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+
+        defaults = {
+            "lr": lr,
+            "lambd": lambd,
+            "alpha": alpha,
+            "t0": t0,
+            "weight_decay": weight_decay,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+            "capturable": capturable,
+        }
+        super().__init__(params, defaults)
+
+    def _step_dtype(self, group):
+        return _get_scalar_dtype()
+
+    def _scalar_names(self, group):
+        return ("step", "eta", "mu")
+
+    def _initial_scalar(self, group, name):
+        return {"step": 0.0, "eta": _scalar(group["lr"]), "mu": 1.0}[name]
+
+    def _state_names(self, group):
+        return ("ax",)
+
+    def _fused_step(self, group, bucket):
+        bucket.asgd(
+            _scalar(group["lr"]), _scalar(group["lambd"]), _scalar(group["alpha"]), _scalar(group["t0"]),
+            _scalar(group["weight_decay"]), bool(group["maximize"]),
+        )
+
+    def _check_step(self, group, reference_params):
+        for p in reference_params:
+            if p.grad.is_sparse:
+                raise RuntimeError("ASGD does not support sparse gradients")
+
+    def _reference_step(self, group, params):
+        (params, grads, mus, axs, etas, steps), has_complex = _reference.torch_init_group(
+            _torch_asgd.ASGD, self, group, params, 4)
+        _torch_asgd.asgd(
+            params, grads, axs, mus, etas, steps, lambd=group["lambd"], lr=group["lr"], t0=group["t0"],
+            alpha=group["alpha"], weight_decay=group["weight_decay"], foreach=False, maximize=group["maximize"],
+            differentiable=group["differentiable"], capturable=group["capturable"], has_complex=has_complex,
+        )
+
+
+ASGD.__doc__ = _torch_asgd.ASGD.__doc__ + """
+    fusedoptim: the step runs one fused kernel per bucket (param group x dtype) on the CPU.
+    ``foreach`` and ``capturable`` are accepted for compatibility and have no effect there;
+    ``differentiable=True`` takes torch's own implementation (the reference path).
+"""

@@ -1,0 +1,94 @@
+"""RAdam: fused torch.optim.RAdam."""
+
+import torch
+from torch.optim import radam as _torch_radam
+from torch.optim.optimizer import _get_scalar_dtype
+
+from fusedoptim import _reference
+from fusedoptim.optimizer import FusedOptimizer, _scalar
+
+__all__ = ["RAdam"]
+
+
+class RAdam(FusedOptimizer):
+    _has_step = True
+    _group_defaults = {
+        "foreach": None, "maximize": False, "differentiable": False, "decoupled_weight_decay": False,
+        "capturable": False,
+    }
+
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0,
+        decoupled_weight_decay=False,
+        *,
+        foreach=None,
+        maximize=False,
+        capturable=False,
+        differentiable=False,
+    ):
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "maximize": maximize,
+            "foreach": foreach,
+            "capturable": capturable,
+            "decoupled_weight_decay": decoupled_weight_decay,
+            "differentiable": differentiable,
+        }
+        super().__init__(params, defaults)
+
+    def _step_dtype(self, group):
+        return _get_scalar_dtype()
+
+    def _state_names(self, group):
+        return ("exp_avg", "exp_avg_sq")
+
+    def _fused_step(self, group, bucket):
+        lr, (beta1, beta2), weight_decay = group["lr"], group["betas"], group["weight_decay"]
+        bucket.radam(
+            _scalar(lr), _scalar(beta1), _scalar(beta2), _scalar(group["eps"]), _scalar(weight_decay),
+            bool(group["decoupled_weight_decay"]), bool(group["maximize"]), _scalar(1 - lr * weight_decay),
+        )
+
+    def _check_step(self, group, reference_params):
+        for p in reference_params:
+            if p.grad.is_sparse:
+                raise RuntimeError("RAdam does not support sparse gradients")
+
+    def _reference_step(self, group, params):
+        (params, grads, exp_avgs, exp_avg_sqs, steps), has_complex = _reference.torch_init_group(
+            _torch_radam.RAdam, self, group, params, 3)
+        beta1, beta2 = group["betas"]
+        _torch_radam.radam(
+            params, grads, exp_avgs, exp_avg_sqs, steps, beta1=beta1, beta2=beta2, lr=group["lr"],
+            weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"], foreach=False,
+            capturable=group["capturable"], differentiable=group["differentiable"],
+            decoupled_weight_decay=group["decoupled_weight_decay"], has_complex=has_complex,
+        )
+
+
+RAdam.__doc__ = _torch_radam.RAdam.__doc__ + """
+    fusedoptim: the step runs one fused kernel per bucket (param group x dtype) on the CPU.
+    ``foreach`` and ``capturable`` are accepted for compatibility and have no effect there;
+    ``differentiable=True`` takes torch's own implementation (the reference path).
+"""

@@ -1,0 +1,99 @@
+"""RMSprop: fused torch.optim.RMSprop."""
+
+import torch
+from torch.optim import rmsprop as _torch_rmsprop
+from torch.optim.optimizer import _get_scalar_dtype
+
+from fusedoptim import _reference
+from fusedoptim.optimizer import FusedOptimizer, _scalar
+
+__all__ = ["RMSprop"]
+
+
+class RMSprop(FusedOptimizer):
+    _has_step = True
+    _group_defaults = {
+        "momentum": 0, "centered": False, "foreach": None, "maximize": False, "differentiable": False,
+        "capturable": False,
+    }
+
+    def __init__(
+        self,
+        params,
+        lr=1e-2,
+        alpha=0.99,
+        eps=1e-8,
+        weight_decay=0,
+        momentum=0,
+        centered=False,
+        capturable=False,
+        foreach=None,
+        maximize=False,
+        differentiable=False,
+    ):
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= momentum:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if not 0.0 <= alpha:
+            raise ValueError(f"Invalid alpha value: {alpha}")
+
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "alpha": alpha,
+            "eps": eps,
+            "centered": centered,
+            "weight_decay": weight_decay,
+            "capturable": capturable,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+        }
+        super().__init__(params, defaults)
+
+    def _step_dtype(self, group):
+        return _get_scalar_dtype()
+
+    def _state_names(self, group):
+        # torch's key order; the kernel's slots (math/rmsprop.h) follow it.
+        names = ("square_avg",)
+        if group["momentum"] > 0:
+            names += ("momentum_buffer",)
+        if group["centered"]:
+            names += ("grad_avg",)
+        return names
+
+    def _fused_step(self, group, bucket):
+        bucket.rmsprop(
+            _scalar(group["lr"]), _scalar(group["alpha"]), _scalar(group["eps"]), _scalar(group["weight_decay"]),
+            _scalar(group["momentum"]), bool(group["centered"]), bool(group["maximize"]),
+        )
+
+    def _check_step(self, group, reference_params):
+        for p in reference_params:
+            if p.grad.is_sparse:
+                raise RuntimeError("RMSprop does not support sparse gradients")
+
+    def _reference_step(self, group, params):
+        (params, grads, square_avgs, momentum_buffers, grad_avgs, steps), has_complex = _reference.torch_init_group(
+            _torch_rmsprop.RMSprop, self, group, params, 4)
+        _torch_rmsprop.rmsprop(
+            params, grads, square_avgs, grad_avgs, momentum_buffers, steps, lr=group["lr"], alpha=group["alpha"],
+            eps=group["eps"], weight_decay=group["weight_decay"], momentum=group["momentum"],
+            centered=group["centered"], foreach=False, maximize=group["maximize"],
+            differentiable=group["differentiable"], capturable=group["capturable"], has_complex=has_complex,
+        )
+
+
+RMSprop.__doc__ = _torch_rmsprop.RMSprop.__doc__ + """
+    fusedoptim: the step runs one fused kernel per bucket (param group x dtype) on the CPU.
+    ``foreach`` and ``capturable`` are accepted for compatibility and have no effect there;
+    ``differentiable=True`` takes torch's own implementation (the reference path).
+"""

@@ -139,14 +139,29 @@ class Algo:
     cls_name: str                 # class name in torch.optim / fusedoptim
     kwargs: Dict[str, float]
     bytes_per_fp32_elem: int      # minimum memory traffic per element per step (fp32)
+    torch_impls: Tuple[str, ...] = ("torch.for-loop", "torch.foreach")  # what torch offers
 
 
+_ALL_TORCH = ("torch.for-loop", "torch.foreach", "torch.fused")
+# Minimum traffic: every param, grad and state element read once and written once (the
+# grad only read), 4 B each in fp32.
 ALGOS: Dict[str, Algo] = {
-    # SGD momentum: reads p, g, buf; writes p, buf -> 5 x 4 B
-    "sgd": Algo("sgd", "SGD", {"lr": 1e-3, "momentum": 0.9}, 20),
-    # Adam / AdamW: reads p, g, m, v; writes p, m, v -> 7 x 4 B
-    "adam": Algo("adam", "Adam", {"lr": 1e-3}, 28),
-    "adamw": Algo("adamw", "AdamW", {"lr": 1e-3, "weight_decay": 1e-2}, 28),
+    "sgd": Algo("sgd", "SGD", {"lr": 1e-3, "momentum": 0.9}, 20, _ALL_TORCH),  # p g buf; p buf
+    "adam": Algo("adam", "Adam", {"lr": 1e-3}, 28, _ALL_TORCH),  # p g m v; p m v
+    "adamw": Algo("adamw", "AdamW", {"lr": 1e-3, "weight_decay": 1e-2}, 28, _ALL_TORCH),
+    "adagrad": Algo("adagrad", "Adagrad", {"lr": 1e-2}, 20, _ALL_TORCH),  # p g sum; p sum
+    "adadelta": Algo("adadelta", "Adadelta", {"lr": 1.0}, 28),  # p g sq acc; p sq acc
+    "adamax": Algo("adamax", "Adamax", {"lr": 2e-3}, 28),  # p g m inf; p m inf
+    "asgd": Algo("asgd", "ASGD", {"lr": 1e-2}, 20),  # p g ax; p ax
+    "nadam": Algo("nadam", "NAdam", {"lr": 2e-3}, 28),  # p g m v; p m v
+    "radam": Algo("radam", "RAdam", {"lr": 1e-3}, 28),  # p g m v; p m v
+    "rmsprop": Algo("rmsprop", "RMSprop", {"lr": 1e-2}, 20),  # p g sq; p sq
+    "rprop": Algo("rprop", "Rprop", {"lr": 1e-2}, 28),  # p g prev step; p prev step
+    # Not in torch.optim: the comparison is plain torch ops, one param at a time (the
+    # formulas of fusedoptim's docstrings, fusedoptim/_reference.py).
+    "lion": Algo("lion", "Lion", {"lr": 1e-4, "weight_decay": 1e-2}, 20, ("torch.for-loop",)),  # p g m; p m
+    # LAMB's floor counts one pass (p g m v; p m v); the per-tensor norms make ours two.
+    "lamb": Algo("lamb", "LAMB", {"lr": 1e-3}, 28, ("torch.for-loop",)),
 }
 
 IMPL_NAMES = ["fusedoptim", "torch.for-loop", "torch.foreach", "torch.fused"]
@@ -155,6 +170,35 @@ TORCH_IMPLS = {
     "torch.foreach": {"foreach": True},
     "torch.fused": {"fused": True},
 }
+
+
+class PlainTorchOptimizer(torch.optim.Optimizer):
+    """LAMB or Lion in plain torch ops, one param at a time: what a user without fusedoptim
+    would run (torch.optim has neither)."""
+
+    def __init__(self, params, algo: Algo):
+        import fusedoptim
+        self._fused_cls = getattr(fusedoptim, algo.cls_name)
+        probe = self._fused_cls([torch.zeros(1, requires_grad=True)], **algo.kwargs)
+        super().__init__(params, dict(probe.defaults))
+        self._algo = algo
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        from fusedoptim import _reference
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            beta1, beta2 = group["betas"]
+            states = [self.state[p] for p in params]
+            if self._algo.cls_name == "Lion":
+                _reference.lion(params, states, lr=group["lr"], beta1=beta1, beta2=beta2,
+                                weight_decay=group["weight_decay"], maximize=False)
+            else:
+                _reference.lamb(params, states, lr=group["lr"], beta1=beta1, beta2=beta2,
+                                eps=group["eps"], weight_decay=group["weight_decay"],
+                                bias_correction=True, grad_averaging=True,
+                                decoupled_weight_decay=True, always_adapt=False, maximize=False,
+                                clip=1.0, step_dtype=torch.float32)
 
 
 def bytes_per_step(algo: Algo, numel: int, dtype: torch.dtype) -> int:
@@ -180,6 +224,8 @@ def make_factory(impl: str, algo: Algo, fusedoptim_mod=None
             raise RuntimeError("fusedoptim is not importable")
         cls = getattr(fusedoptim_mod, algo.cls_name)
         return lambda params: cls(params, **algo.kwargs)
+    if not hasattr(torch.optim, algo.cls_name):
+        return lambda params: PlainTorchOptimizer(params, algo)
     cls = getattr(torch.optim, algo.cls_name)
     extra = TORCH_IMPLS[impl]
     return lambda params: cls(params, **algo.kwargs, **extra)
@@ -330,6 +376,7 @@ def run_case(layout: str, algo_name: str, dtype: torch.dtype, impls: Sequence[st
     `param_sets` (optional) are reused parameter copies for this layout/dtype; they are
     reset to the base values first. Without it, fresh copies are made."""
     algo = ALGOS[algo_name]
+    impls = [name for name in impls if not name.startswith("torch.") or name in algo.torch_impls]
     shapes = LAYOUTS[layout]()
     numel = numel_of(shapes)
     nbytes = bytes_per_step(algo, numel, dtype)
@@ -505,7 +552,7 @@ def summary_lines(rows: Sequence[Row]) -> List[str]:
         if fo is None or not torch_rows:
             continue
         best = min(torch_rows, key=lambda r: r.median_ms)
-        out.append(f"{layout:6s} {algo:6s} {dtype:8s} fusedoptim {fo.median_ms:8.2f} ms vs "
+        out.append(f"{layout:6s} {algo:8s} {dtype:8s} fusedoptim {fo.median_ms:8.2f} ms vs "
                    f"{best.impl:14s} {best.median_ms:8.2f} ms -> "
                    f"{best.median_ms / fo.median_ms:.2f}x")
     return out
@@ -715,7 +762,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             key = (r.layout, r.algo, r.dtype)
             if key not in seen and r.ceiling_gbps:
                 seen.add(key)
-                print(f"  {r.layout:6s} {r.algo:6s} {r.dtype:8s} {r.ceiling_gbps:6.1f} GB/s")
+                print(f"  {r.layout:6s} {r.algo:8s} {r.dtype:8s} {r.ceiling_gbps:6.1f} GB/s")
     summ = summary_lines(rows)
     if summ:
         print("\nfusedoptim speedup vs fastest torch implementation:")

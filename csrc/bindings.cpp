@@ -86,26 +86,29 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              adadelta_step(b, {lr, rho, eps, weight_decay, maximize});
            })
       .def("adagrad",
-           [](Bucket& b, double lr, double lr_decay, double weight_decay, double eps, bool maximize) {
+           [](Bucket& b, double lr, double lr_decay, double weight_decay, double eps, bool maximize,
+              bool lr_is_float32) {
              py::gil_scoped_release no_gil;
-             adagrad_step(b, {lr, lr_decay, weight_decay, eps, maximize});
+             adagrad_step(b, {lr, lr_decay, weight_decay, eps, maximize, lr_is_float32});
            })
       .def("adamax",
-           [](Bucket& b, double lr, double beta1, double beta2, double eps, double weight_decay, bool maximize) {
+           [](Bucket& b, double lr, double beta1, double beta2, double eps, double weight_decay, bool maximize,
+              bool lr_is_float32) {
              py::gil_scoped_release no_gil;
-             adamax_step(b, {lr, beta1, beta2, eps, weight_decay, maximize});
+             adamax_step(b, {lr, beta1, beta2, eps, weight_decay, maximize, lr_is_float32});
            })
       .def("asgd",
-           [](Bucket& b, double lr, double lambd, double alpha, double t0, double weight_decay, bool maximize) {
+           [](Bucket& b, double lr, double lambd, double alpha, double t0, double weight_decay, bool maximize,
+              bool lr_is_float32) {
              py::gil_scoped_release no_gil;
-             asgd_step(b, {lr, lambd, alpha, t0, weight_decay, maximize});
+             asgd_step(b, {lr, lambd, alpha, t0, weight_decay, maximize, lr_is_float32});
            })
       .def("nadam",
            [](Bucket& b, double lr, double beta1, double beta2, double eps, double weight_decay, double momentum_decay,
-              bool decoupled_weight_decay, bool maximize, double decay_factor) {
+              bool decoupled_weight_decay, bool maximize, double decay_factor, bool lr_is_float32) {
              py::gil_scoped_release no_gil;
              nadam_step(b, {lr, beta1, beta2, eps, weight_decay, momentum_decay, decoupled_weight_decay, maximize,
-                            decay_factor});
+                            decay_factor, lr_is_float32});
            })
       .def("radam",
            [](Bucket& b, double lr, double beta1, double beta2, double eps, double weight_decay,

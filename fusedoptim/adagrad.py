@@ -5,7 +5,7 @@ from torch.optim import adagrad as _torch_adagrad
 from torch.optim.optimizer import _get_scalar_dtype
 
 from fusedoptim import _reference
-from fusedoptim.optimizer import FusedOptimizer, _scalar
+from fusedoptim.optimizer import FusedOptimizer, _lr_is_float32, _scalar
 
 __all__ = ["Adagrad"]
 
@@ -75,7 +75,7 @@ class Adagrad(FusedOptimizer):
     def _fused_step(self, group, bucket):
         bucket.adagrad(
             _scalar(group["lr"]), _scalar(group["lr_decay"]), _scalar(group["weight_decay"]), _scalar(group["eps"]),
-            bool(group["maximize"]),
+            bool(group["maximize"]), _lr_is_float32(group["lr"]),
         )
 
     def _check_step(self, group, reference_params):

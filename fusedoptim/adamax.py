@@ -5,7 +5,7 @@ from torch.optim import adamax as _torch_adamax
 from torch.optim.optimizer import _get_scalar_dtype
 
 from fusedoptim import _reference
-from fusedoptim.optimizer import FusedOptimizer, _scalar
+from fusedoptim.optimizer import FusedOptimizer, _lr_is_float32, _scalar
 
 __all__ = ["Adamax"]
 
@@ -62,7 +62,7 @@ class Adamax(FusedOptimizer):
         beta1, beta2 = group["betas"]
         bucket.adamax(
             _scalar(group["lr"]), _scalar(beta1), _scalar(beta2), _scalar(group["eps"]),
-            _scalar(group["weight_decay"]), bool(group["maximize"]),
+            _scalar(group["weight_decay"]), bool(group["maximize"]), _lr_is_float32(group["lr"]),
         )
 
     def _check_step(self, group, reference_params):

@@ -5,7 +5,7 @@ from torch.optim import asgd as _torch_asgd
 from torch.optim.optimizer import _get_scalar_dtype
 
 from fusedoptim import _reference
-from fusedoptim.optimizer import FusedOptimizer, _scalar
+from fusedoptim.optimizer import FusedOptimizer, _lr_is_float32, _scalar
 
 __all__ = ["ASGD"]
 
@@ -61,7 +61,7 @@ class ASGD(FusedOptimizer):
     def _fused_step(self, group, bucket):
         bucket.asgd(
             _scalar(group["lr"]), _scalar(group["lambd"]), _scalar(group["alpha"]), _scalar(group["t0"]),
-            _scalar(group["weight_decay"]), bool(group["maximize"]),
+            _scalar(group["weight_decay"]), bool(group["maximize"]), _lr_is_float32(group["lr"]),
         )
 
     def _check_step(self, group, reference_params):

@@ -5,7 +5,7 @@ from torch.optim import nadam as _torch_nadam
 from torch.optim.optimizer import _get_scalar_dtype
 
 from fusedoptim import _reference
-from fusedoptim.optimizer import FusedOptimizer, _scalar
+from fusedoptim.optimizer import FusedOptimizer, _lr_is_float32, _scalar
 
 __all__ = ["NAdam"]
 
@@ -77,7 +77,7 @@ class NAdam(FusedOptimizer):
         bucket.nadam(
             _scalar(lr), _scalar(beta1), _scalar(beta2), _scalar(group["eps"]), _scalar(weight_decay),
             _scalar(group["momentum_decay"]), bool(group["decoupled_weight_decay"]), bool(group["maximize"]),
-            _scalar(1 - lr * weight_decay),
+            _scalar(1 - lr * weight_decay), _lr_is_float32(lr),
         )
 
     def _check_step(self, group, reference_params):

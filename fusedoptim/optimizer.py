@@ -60,6 +60,12 @@ def _scalar(value):
     return value.item() if isinstance(value, torch.Tensor) else float(value)
 
 
+def _lr_is_float32(lr):
+    """Whether torch derives step sizes from this lr in float32 tensor arithmetic (see
+    NOTE: [Tensor learning rates] in csrc/include/fusedoptim/math/rule.h)."""
+    return isinstance(lr, torch.Tensor) and lr.dtype == torch.float32
+
+
 def _flat_view(buffer, offset, param):
     """The slice of a flat state buffer that holds `param`'s state, shaped like `param`."""
     if param.is_complex():

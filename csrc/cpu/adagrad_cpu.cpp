@@ -8,7 +8,10 @@ namespace cpu {
 
 void adagrad_step(Bucket& bucket, const math::AdagradHyper& hyper) {
   set_coefs_by_step(bucket, bucket.advance_steps(), [&](double step) {
-    const double clr = hyper.lr / (1.0 + (step - 1.0) * hyper.lr_decay);
+    const double denominator = 1.0 + (step - 1.0) * hyper.lr_decay;
+    const double clr = hyper.lr_is_float32  // NOTE: [Tensor learning rates]
+                           ? double(static_cast<float>(hyper.lr) / static_cast<float>(denominator))
+                           : hyper.lr / denominator;
     return TensorCoefValues{-clr, 0.0, 0.0, 0.0};
   });
   parallel_sweep(kernels_for(active_capability()).adagrad, bucket.table(), hyper);

@@ -10,7 +10,10 @@ namespace cpu {
 
 void adamax_step(Bucket& bucket, const math::AdamaxHyper& hyper) {
   set_coefs_by_step(bucket, bucket.advance_steps(), [&](double step) {
-    const double clr = hyper.lr / (1.0 - std::pow(hyper.beta1, step));
+    const double bias_correction = 1.0 - std::pow(hyper.beta1, step);
+    const double clr = hyper.lr_is_float32  // NOTE: [Tensor learning rates]
+                           ? double(static_cast<float>(hyper.lr) / static_cast<float>(bias_correction))
+                           : hyper.lr / bias_correction;
     return TensorCoefValues{-clr, 0.0, 0.0, 0.0};
   });
   parallel_sweep(kernels_for(active_capability()).adamax, bucket.table(), hyper);

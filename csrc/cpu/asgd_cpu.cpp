@@ -12,6 +12,16 @@ namespace cpu {
 namespace {
 constexpr int kEtaScalar = 1;  // scalars: step, eta, mu
 constexpr int kMuScalar = 2;
+
+// lr / (1 + lambd * lr * step)^alpha, in the lr's dtype (NOTE: [Tensor learning rates]).
+double eta_at(const math::AsgdHyper& h, double step) {
+  if (!h.lr_is_float32) return h.lr / std::pow(1.0 + h.lambd * h.lr * step, h.alpha);
+  const float lr = static_cast<float>(h.lr);
+  float base = static_cast<float>(h.lambd) * lr;
+  base = base * static_cast<float>(step);
+  base = 1.0f + base;
+  return double(lr / std::pow(base, static_cast<float>(h.alpha)));
+}
 }  // namespace
 
 void asgd_step(Bucket& bucket, const math::AsgdHyper& hyper) {
@@ -29,7 +39,7 @@ void asgd_step(Bucket& bucket, const math::AsgdHyper& hyper) {
   parallel_sweep(kernels_for(active_capability()).asgd, bucket.table(), hyper);
   for (size_t k = 0; k < entries.size(); ++k) {
     const double step = steps[k];
-    bucket.set_scalar(kEtaScalar, k, hyper.lr / std::pow(1.0 + hyper.lambd * hyper.lr * step, hyper.alpha));
+    bucket.set_scalar(kEtaScalar, k, eta_at(hyper, step));
     bucket.set_scalar(kMuScalar, k, 1.0 / std::max(1.0, step - hyper.t0));
   }
 }

@@ -32,8 +32,16 @@ void nadam_step(Bucket& bucket, const math::NadamHyper& hyper) {
     const double product_next = product * mu_next;
     TensorEntry& entry = entries[k];
     entry.coef[0] = 1.0 - std::pow(hyper.beta2, step);
-    entry.coef[1] = -hyper.lr * (1.0 - mu) / (1.0 - product);
-    entry.coef[2] = (-hyper.lr * mu_next) / (1.0 - product_next);
+    // -lr * (1 - mu) / (1 - product) and (-lr * mu_next) / (1 - product_next), each
+    // operation in the lr's dtype (NOTE: [Tensor learning rates]).
+    if (hyper.lr_is_float32) {
+      const float lr = static_cast<float>(hyper.lr);
+      entry.coef[1] = double((-lr * static_cast<float>(1.0 - mu)) / static_cast<float>(1.0 - product));
+      entry.coef[2] = double((-lr * static_cast<float>(mu_next)) / static_cast<float>(1.0 - product_next));
+    } else {
+      entry.coef[1] = -hyper.lr * (1.0 - mu) / (1.0 - product);
+      entry.coef[2] = (-hyper.lr * mu_next) / (1.0 - product_next);
+    }
   }
   parallel_sweep(kernels_for(active_capability()).nadam, bucket.table(), hyper);
 }

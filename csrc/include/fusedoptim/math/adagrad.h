@@ -15,6 +15,7 @@ namespace math {
 struct AdagradHyper {
   double lr, lr_decay, weight_decay, eps;
   bool maximize;
+  bool lr_is_float32;  // a float32 Tensor lr: torch computes clr in float32 (math/rule.h)
 };
 
 inline namespace FO_ISA {

@@ -18,6 +18,7 @@ namespace math {
 struct AdamaxHyper {
   double lr, beta1, beta2, eps, weight_decay;
   bool maximize;
+  bool lr_is_float32;  // a float32 Tensor lr: torch computes clr in float32 (math/rule.h)
 };
 
 inline namespace FO_ISA {

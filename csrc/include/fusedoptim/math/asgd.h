@@ -17,6 +17,7 @@ namespace math {
 struct AsgdHyper {
   double lr, lambd, alpha, t0, weight_decay;
   bool maximize;
+  bool lr_is_float32;  // a float32 Tensor lr: torch computes eta in float32 (math/rule.h)
 };
 
 inline namespace FO_ISA {

@@ -24,6 +24,7 @@ struct NadamHyper {
   double lr, beta1, beta2, eps, weight_decay, momentum_decay;
   bool decoupled_weight_decay, maximize;
   double decay_factor;  // 1 - lr * weight_decay, computed by the caller as torch does
+  bool lr_is_float32;   // a float32 Tensor lr: torch computes the step sizes in float32 (math/rule.h)
 };
 
 inline namespace FO_ISA {

@@ -17,6 +17,15 @@ namespace fusedoptim {
 namespace math {
 inline namespace FO_ISA {
 
+// NOTE: [Tensor learning rates]
+// torch.optim keeps a Tensor lr as a 0-dim tensor, so the per-step scalars it derives from it
+// (Adagrad's and Adamax's clr, NAdam's step sizes, ASGD's eta) are tensor arithmetic in the
+// lr's dtype: for a float32 lr every operation rounds to float32, Python scalars included.
+// The host steps replay that arithmetic in float variables (lr_is_float32), so results match
+// torch's bit for bit; Python-float and float64 lrs are plain double arithmetic. (Rounding
+// doubles through float casts instead is not safe: GCC's vectorizer merged such a chain into
+// float operations that skipped one of the roundings.)
+
 // A table entry's per-tensor coefficients in the math type (see TensorEntry::coef).
 template <typename S>
 struct TensorCoefs {

@@ -10,6 +10,7 @@ from helpers import (
     NUM_STEPS,
     as_params,
     assert_raises_like_torch,
+    capture_exception,
     assert_runs_match,
     fused_cls,
     make_grad_values,
@@ -18,9 +19,9 @@ from helpers import (
     set_grads,
     torch_cls,
 )
-from optim_configs import REPRESENTATIVE_CONFIGS, config_ids
+from optim_configs import OPTIM_NAMES, REPRESENTATIVE_CONFIGS, config_ids
 
-OPTIMS = ["SGD", "Adam", "AdamW"]
+OPTIMS = list(OPTIM_NAMES)
 
 
 def _p(*shape, dtype=torch.float32):
@@ -85,8 +86,55 @@ _ADAM_ERRS = [
      lambda cls: cls([_p()], decoupled_weight_decay=False)),
 ]
 
+# Shared checks of the newer algorithms (torch's messages: "Invalid epsilon value: -1e-08" ...)
+_WITH_EPS = ["Adadelta", "Adagrad", "Adamax", "NAdam", "RAdam", "RMSprop", "LAMB"]
+_WITH_BETAS = ["Adamax", "NAdam", "RAdam", "LAMB", "Lion"]
+_WITH_WD = ["Adadelta", "Adagrad", "Adamax", "ASGD", "NAdam", "RAdam", "RMSprop", "LAMB", "Lion"]
+_NEW_SHARED = [
+    ("negative_eps", _WITH_EPS, lambda cls: cls([_p()], eps=-1e-8)),
+    ("negative_weight_decay", _WITH_WD, lambda cls: cls([_p()], weight_decay=-0.1)),
+    ("beta0_negative", _WITH_BETAS, lambda cls: cls([_p()], betas=(-0.1, 0.99))),
+    ("beta0_above_1", _WITH_BETAS, lambda cls: cls([_p()], betas=(1.5, 0.99))),
+    ("beta1_negative", _WITH_BETAS, lambda cls: cls([_p()], betas=(0.9, -0.5))),
+    ("beta1_above_1", _WITH_BETAS, lambda cls: cls([_p()], betas=(0.9, 1.01))),
+    # beta == 1: refused by torch's Adamax/NAdam/RAdam (and LAMB), allowed by Lion's closed
+    # interval (see the registry's Lion betas=(0.0, 1.0))
+    ("beta0_is_1", ["Adamax", "NAdam", "RAdam", "LAMB"],
+     lambda cls: cls([_p()], betas=(1.0, 0.99))),
+    ("beta1_is_1", ["Adamax", "NAdam", "RAdam", "LAMB"],
+     lambda cls: cls([_p()], betas=(0.9, 1.0))),
+]
+_NEW_OWN = [
+    ("negative_rho", ["Adadelta"], lambda cls: cls([_p()], rho=-0.1)),
+    ("rho_above_1", ["Adadelta"], lambda cls: cls([_p()], rho=1.5)),
+    ("negative_lr_decay", ["Adagrad"], lambda cls: cls([_p()], lr_decay=-0.1)),
+    ("negative_initial_accumulator_value", ["Adagrad"],
+     lambda cls: cls([_p()], initial_accumulator_value=-0.5)),
+    ("adagrad_fused_and_foreach", ["Adagrad"], lambda cls: cls([_p()], fused=True, foreach=True)),
+    ("negative_momentum_decay", ["NAdam"], lambda cls: cls([_p()], momentum_decay=-1e-3)),
+    ("negative_alpha", ["RMSprop"], lambda cls: cls([_p()], alpha=-0.5)),
+    ("negative_momentum", ["RMSprop"], lambda cls: cls([_p()], momentum=-0.9)),
+    ("etaminus_zero", ["Rprop"], lambda cls: cls([_p()], etas=(0.0, 1.2))),
+    ("etaminus_above_1", ["Rprop"], lambda cls: cls([_p()], etas=(1.5, 2.0))),
+    ("etaplus_below_1", ["Rprop"], lambda cls: cls([_p()], etas=(0.5, 0.9))),
+    ("etas_both_1", ["Rprop"], lambda cls: cls([_p()], etas=(1.0, 1.0))),
+    ("negative_max_grad_norm", ["LAMB"], lambda cls: cls([_p()], max_grad_norm=-1.0)),
+    ("capturable_unknown", ["Adagrad", "LAMB", "Lion"], lambda cls: cls([_p()], capturable=True)),
+    ("foreach_unknown", ["LAMB", "Lion"], lambda cls: cls([_p()], foreach=True)),
+    ("amsgrad_unknown", ["NAdam", "RAdam", "Adamax", "LAMB"], lambda cls: cls([_p()], amsgrad=True)),
+    ("lion_eps_unknown", ["Lion"], lambda cls: cls([_p()], eps=1e-8)),
+    # keyword-only options passed positionally: TypeError naming the class, like torch's
+    ("positional_keyword_only", ["Rprop"],
+     lambda cls: cls([_p()], 0.01, (0.5, 1.2), (1e-6, 50), True)),
+    ("positional_keyword_only", ["LAMB"],
+     lambda cls: cls([_p()], 1e-3, (0.9, 0.999), 1e-6, 0.01, True)),
+    ("positional_keyword_only", ["Lion"], lambda cls: cls([_p()], 1e-4, (0.9, 0.99), 0.0, True)),
+]
+
 VALIDATION_CASES = [
-    (name, optim, make) for name, optims, make in _COMMON + _SGD + _ADAM_ERRS for optim in optims
+    (name, optim, make)
+    for name, optims, make in _COMMON + _SGD + _ADAM_ERRS + _NEW_SHARED + _NEW_OWN
+    for optim in optims
 ]
 
 
@@ -153,6 +201,49 @@ def test_adam_sparse_grad_raises_like_torch(optim):
         o.step()
 
     assert_raises_like_torch(make, optim)
+
+
+@pytest.mark.parametrize("optim", [o for o in OPTIMS if o not in ("SGD", "Adagrad")])
+def test_sparse_grad_raises_like_torch_and_modifies_nothing(optim):
+    """Every other algorithm refuses sparse grads with torch's RuntimeError ('<Name> does not
+    support sparse gradients'; the oracles of LAMB and Lion say the same), before anything is
+    modified, even when the sparse param is in a later group than fused params."""
+
+    def build(cls):
+        torch.manual_seed(4)
+        lin = torch.nn.Linear(4, 3).double()
+        emb = torch.nn.Embedding(6, 4, sparse=True).double()
+        o = cls([{"params": lin.parameters()}, {"params": emb.parameters()}])
+        return o, lin, emb
+
+    def steps(o, lin, emb, n_ok):
+        x = torch.randn(5, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+        for _ in range(n_ok):  # dense steps: state exists
+            o.zero_grad()
+            lin(x).pow(2).sum().backward()
+            o.step()
+        o.zero_grad()
+        (lin(emb(torch.tensor([0, 3]))).pow(2).sum()).backward()
+        assert emb.weight.grad.is_sparse
+
+    exp = capture_exception(lambda: (lambda o, l, e: (steps(o, l, e, 2), o.step()))(
+        *build(torch_cls(optim))))
+    o_f, lin, emb = build(fused_cls(optim))
+    steps(o_f, lin, emb, 2)
+    params = list(lin.parameters()) + list(emb.parameters())
+    before = ([p.detach().clone() for p in params],
+              {i: {k: v.clone() for k, v in o_f.state[p].items()} for i, p in enumerate(params)
+               if p in o_f.state})
+    with pytest.raises(type(exp)) as info:
+        o_f.step()
+    assert str(info.value) == str(exp)
+    assert "sparse" in str(exp)
+    for i, p in enumerate(params):
+        assert torch.equal(p.detach(), before[0][i]), i
+    assert {i for i, p in enumerate(params) if p in o_f.state and o_f.state[p]} == set(before[1])
+    for i, st in before[1].items():
+        for k, v in st.items():
+            assert torch.equal(o_f.state[params[i]][k], v), (i, k)
 
 
 # ----------------------------------------------------------------------------- bad grads

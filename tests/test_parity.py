@@ -23,6 +23,7 @@ from helpers import (
     fused_cls,
     make_grad_values,
     make_param_values,
+    mark_known_bug,
     outcome,
     run_fused,
     run_steps,
@@ -32,6 +33,7 @@ from helpers import (
 )
 from optim_configs import (
     ALL_CONFIGS,
+    OPTIM_NAMES,
     REPRESENTATIVE_CONFIGS,
     OptimConfig,
     TensorHP,
@@ -67,12 +69,14 @@ def test_registry_parity(config, dtype, isa):
 
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=["c64", "c128"])
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=config_ids(ALL_CONFIGS))
-def test_complex_parity(config, dtype, isa):
+def test_complex_parity(config, dtype, isa, request):
     """Complex params vs torch (torch views them as real pairs).
 
     torch refuses fused=True for complex params; fusedoptim accepts fused=True everywhere
     (it is a no-op on its CPU path), so those configurations are compared with torch run
     without the fused flag.  Any other torch refusal must be reproduced exactly."""
+    if config.optim == "LAMB" and config.differentiable and config.kwargs.get("max_grad_norm"):
+        mark_known_bug(request, "lamb_complex_reference_clip")
     shapes = [(1,), (7,), (3, 5), (17,)]
     values = make_param_values(shapes, dtype, seed=2)
     grads = make_grad_values(shapes, dtype, seed=200)
@@ -151,8 +155,49 @@ def test_real_model_backward(config, dtype, isa, no_reference_path_warning):
                                   else {"rtol": 1e-10, "atol": 1e-12}))
 
 
+# Four groups per optimizer, with different hyperparameters (and state-changing options).
+GROUP_HPS = {
+    "Adadelta": ([dict(lr=1.0), dict(lr=0.5, rho=0.5, weight_decay=0.1),
+                  dict(lr=0.3, eps=1e-3, maximize=True), dict(rho=0.99, weight_decay=0.3)],
+                 dict(lr=0.7)),
+    "Adagrad": ([dict(lr=0.1), dict(lr=0.05, lr_decay=0.1, weight_decay=0.1),
+                 dict(lr=0.2, eps=1e-3, maximize=True), dict(lr_decay=0.01, weight_decay=0.3)],
+                dict(lr=0.03, initial_accumulator_value=0.1)),
+    "Adamax": ([dict(lr=0.01), dict(lr=0.001, weight_decay=0.1, betas=(0.8, 0.99)),
+                dict(lr=0.02, eps=1e-4, maximize=True), dict(betas=(0.3, 0.9), weight_decay=0.3)],
+               dict(lr=0.003, weight_decay=0.01)),
+    "ASGD": ([dict(lr=0.05, t0=2), dict(lr=0.01, lambd=0.1, weight_decay=0.1),
+              dict(lr=0.02, alpha=0.5, t0=0, maximize=True), dict(t0=5, weight_decay=0.3)],
+             dict(lr=0.03, t0=3)),
+    "NAdam": ([dict(lr=0.01), dict(lr=0.001, weight_decay=0.1, momentum_decay=0.1),
+               dict(lr=0.02, eps=1e-4, maximize=True, betas=(0.8, 0.99)),
+               dict(weight_decay=0.3, decoupled_weight_decay=True)],
+              dict(lr=0.003, weight_decay=0.01)),
+    "RAdam": ([dict(lr=0.01, betas=(0.9, 0.9)), dict(lr=0.001, weight_decay=0.1),
+               dict(lr=0.02, eps=1e-4, maximize=True, betas=(0.5, 0.8)),
+               dict(weight_decay=0.3, decoupled_weight_decay=True)],
+              dict(lr=0.003, weight_decay=0.01)),
+    "RMSprop": ([dict(lr=0.01, momentum=0.9), dict(lr=0.001, centered=True, weight_decay=0.1),
+                 dict(lr=0.02, momentum=0.5, centered=True, maximize=True),
+                 dict(alpha=0.9, eps=1e-4)],
+                dict(lr=0.003, weight_decay=0.01)),
+    "Rprop": ([dict(lr=0.05), dict(lr=0.01, etas=(0.3, 1.5)),
+               dict(lr=0.1, step_sizes=(0.02, 0.06), maximize=True),
+               dict(etas=(0.1, 3.0), step_sizes=(1e-3, 0.5))],
+              dict(lr=0.03)),
+    "LAMB": ([dict(lr=0.01, max_grad_norm=1.0), dict(lr=0.001, weight_decay=0.0),
+              dict(lr=0.02, eps=1e-4, maximize=True, always_adapt=True, weight_decay=0.0),
+              dict(weight_decay=0.3, decoupled_weight_decay=False, bias_correction=False,
+                   max_grad_norm=5.0)],
+             dict(lr=0.003, weight_decay=0.01)),
+    "Lion": ([dict(lr=1e-3), dict(lr=1e-4, weight_decay=0.1, betas=(0.8, 0.99)),
+              dict(lr=2e-3, maximize=True), dict(betas=(0.5, 0.9), weight_decay=0.3)],
+             dict(lr=3e-4, weight_decay=0.01)),
+}
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-@pytest.mark.parametrize("optim", ["SGD", "Adam", "AdamW"])
+@pytest.mark.parametrize("optim", list(OPTIM_NAMES))
 def test_param_groups_with_different_hyperparameters(optim, dtype, isa):
     """Several groups with different lr / weight_decay / momentum / amsgrad / betas, and a group
     mixing param dtypes (fp32 + fp64 + bf16 in one group)."""
@@ -167,6 +212,14 @@ def test_param_groups_with_different_hyperparameters(optim, dtype, isa):
             dict(lr=0.02, momentum=0.7, dampening=0.3, maximize=True),
         ]
         defaults = dict(lr=0.03)
+    elif optim in GROUP_HPS:
+        hps, defaults = GROUP_HPS[optim]
+        if optim == "LAMB" and dtype == torch.float64:
+            # The global grad norm spans the float32 param of group 2: fusedoptim sums float32
+            # grads' squares in float32 lanes (~1e-7 relative, like Apex), the oracle in float64,
+            # which shows in the fp64 params of clipped groups at ~2e-10 relative.  Clipping
+            # across groups is tested in single-dtype runs (test_algorithms.py).
+            hps = [{k: v for k, v in hp.items() if k != "max_grad_norm"} for hp in hps]
     else:
         hps = [
             dict(lr=0.01, amsgrad=True),
@@ -241,7 +294,10 @@ def test_params_without_grad_are_skipped(config, dtype, isa):
         paths = o_f.last_step_paths
         assert paths["fused"] + paths["reference"] == n_with_grad, (step, paths)
         assert paths["reference"] == 0, paths
-    assert p_f[3] not in o_f.state or len(o_f.state[p_f[3]]) == 0
+    if config.optim == "Adagrad":  # state made at construction, never advanced
+        assert float(o_f.state[p_f[3]]["step"]) == 0.0
+    else:
+        assert p_f[3] not in o_f.state or len(o_f.state[p_f[3]]) == 0
     assert_runs_match(o_f, o_t, p_f, p_t)
 
 
@@ -361,10 +417,13 @@ def test_deepcopy_of_optimizer_keeps_working(config):
 @pytest.mark.parametrize("optim,kwargs", [
     ("Adam", {}), ("Adam", {"fused": True}), ("AdamW", {"amsgrad": True}),
     ("Adam", {"capturable": True, "fused": True}),
+    ("Adadelta", {}), ("Adagrad", {}), ("Adagrad", {"fused": True}), ("Adamax", {}),
+    ("ASGD", {"t0": 1}), ("NAdam", {}), ("RAdam", {}), ("RMSprop", {"momentum": 0.5}),
+    ("Rprop", {}), ("LAMB", {}),
 ])
 def test_step_dtype_follows_torch_default_dtype(optim, kwargs):
-    """torch keeps 'step' in float64 when the default dtype is float64 (float32 when fused or
-    capturable); ours must do the same."""
+    """torch keeps 'step' (and ASGD's eta/mu, NAdam's mu_product) in float64 when the default
+    dtype is float64 (float32 when fused or capturable); ours must do the same."""
     torch.set_default_dtype(torch.float64)
     values = make_param_values([(5,)], torch.float64, seed=9)
     grads = make_grad_values([(5,)], torch.float64, num_steps=3, seed=900)
@@ -373,4 +432,9 @@ def test_step_dtype_follows_torch_default_dtype(optim, kwargs):
     f_opt, f_params = run_fused(cfg, values, grads)
     st, sf = t_opt.state[t_params[0]]["step"], f_opt.state[f_params[0]]["step"]
     assert sf.dtype == st.dtype and sf.device == st.device and float(sf) == float(st)
+    for key, vt in t_opt.state[t_params[0]].items():
+        vf = f_opt.state[f_params[0]][key]
+        if vt.dim() == 0:
+            assert vf.dtype == vt.dtype, (key, vf.dtype, vt.dtype)
+            assert vt.dtype == (torch.float32 if kwargs.get("fused") else torch.float64)
     assert_runs_match(f_opt, t_opt, f_params, t_params, cfg)

@@ -35,12 +35,14 @@ import torch
 
 from helpers import (
     LOW_PRECISION,
+    SCALAR_STATE_KEYS,
     as_params,
     assert_fused_path,
     assert_reference_path,
     fused_cls,
     make_grad_values,
     make_param_values,
+    mark_known_bug,
     run_steps,
     torch_cls,
     ulp_at,
@@ -65,12 +67,27 @@ def _run(cls_name, module_cls, kwargs, values, grads, requires_grad):
     return opt, params
 
 
+def _sign_consistent(grads):
+    """Each element keeps the sign of its first grad on every step (magnitudes still vary).
+
+    Lion's update is lr * sign(beta1 * m + (1 - beta1) * g): where that blend is within a few
+    16-bit roundings of zero, *which* side of zero a run lands on is chance (an implementation
+    with a more accurate m can land on the wrong side: a 2 * lr jump, e.g. fp16 Lion(lr=1e-3) on
+    a (33,) param, step 10, blend 2.8e-6 in fp64).  With sign-consistent grads m always has
+    g's sign and |blend| >= (1 - beta1) * |g|, so every run takes the same sign decisions and
+    the comparison measures rounding, as for the other algorithms."""
+    signs = [torch.where(g < 0, -1.0, 1.0).to(g.dtype) for g in grads[0]]
+    return [[g.abs() * s for g, s in zip(gs, signs)] for gs in grads]
+
+
 def check_against_fp64_reference(config, dtype, shapes, seed):
     # |param| <= 1 and |grad| >= 0.15 (min_abs 0.3 times the smallest per-step scale 0.5): an
     # L2 weight-decay term (wd <= 0.1 here) can never cancel a grad, see the module docstring.
     values64 = [(v * 0.5).clamp(-1, 1) for v in make_param_values(shapes, torch.float64, seed)]
     values16 = [v.to(dtype) for v in values64]
     grads64 = make_grad_values(shapes, torch.float64, seed=seed + 1000, min_abs=0.3)
+    if config.optim == "Lion":
+        grads64 = _sign_consistent(grads64)
     grads16 = [[g.to(dtype) for g in gs] for gs in grads64]
     # the reference sees the 16-bit inputs exactly (see module docstring)
     ref_values = [v.double() for v in values16]
@@ -103,6 +120,14 @@ def check_against_fp64_reference(config, dtype, shapes, seed):
                 assert st_f[key].dtype == st_t[key].dtype, (st_f[key], st_t[key])
                 assert float(st_f[key]) == float(st_t[key]) == float(st_r[key])
                 continue
+            if key in SCALAR_STATE_KEYS:
+                # ASGD's eta/mu, NAdam's mu_product: 0-dim tensors in torch's scalar dtype
+                # (float32 here), which depend on the hyperparameters and the step count only
+                assert st_f[key].dtype == st_t[key].dtype == st_r[key].dtype, (i, key)
+                assert st_f[key].shape == st_t[key].shape == torch.Size([]), (i, key)
+                torch.testing.assert_close(st_f[key], st_t[key], rtol=1e-6, atol=0)
+                torch.testing.assert_close(st_f[key], st_r[key], rtol=1e-6, atol=0)
+                continue
             # reduced-precision state is stored in the param's dtype, as torch does
             assert st_f[key].dtype == st_t[key].dtype == dtype, (i, key, st_f[key].dtype)
             assert st_f[key].shape == pf.shape
@@ -132,9 +157,19 @@ def check_against_fp64_reference(config, dtype, shapes, seed):
     return o_f16
 
 
+# fp16 LAMB configurations whose exp_avg_sq underflows in fp16 here (clipped grads, no bias
+# correction): see KNOWN_BUGS["lamb_fp16_trust_ratio"] and test_algorithms.py
+_LAMB_FP16_BUG_IDS = {
+    "LAMB-lr=0.01,max_grad_norm=1.0,weight_decay=0.1,decoupled_weight_decay=False,"
+    "grad_averaging=False,bias_correction=False,maximize=True",
+}
+
+
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=LP_IDS)
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=config_ids(ALL_CONFIGS))
-def test_low_precision_vs_fp64_reference(config, dtype, isa):
+def test_low_precision_vs_fp64_reference(config, dtype, isa, request):
+    if dtype == torch.float16 and config.id in _LAMB_FP16_BUG_IDS:
+        mark_known_bug(request, "lamb_fp16_trust_ratio")
     opt = check_against_fp64_reference(config, dtype, SHAPES, seed=11)
     if config.expects_fused_path:
         assert_fused_path(opt)
@@ -144,7 +179,9 @@ def test_low_precision_vs_fp64_reference(config, dtype, isa):
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=LP_IDS)
 @pytest.mark.parametrize("config", REPRESENTATIVE_CONFIGS, ids=config_ids(REPRESENTATIVE_CONFIGS))
-def test_low_precision_tail_sizes(config, dtype, isa):
+def test_low_precision_tail_sizes(config, dtype, isa, request):
+    if dtype == torch.float16 and config.optim == "LAMB" and config.kwargs.get("max_grad_norm"):
+        mark_known_bug(request, "lamb_fp16_trust_ratio")  # 70k clipped grads: v underflows
     opt = check_against_fp64_reference(config, dtype, TAIL_SHAPES, seed=12)
     assert_fused_path(opt)
 
@@ -153,8 +190,8 @@ def test_low_precision_tail_sizes(config, dtype, isa):
                          ids=LP_IDS + ["fp32", "fp64"])
 @pytest.mark.parametrize("config", REPRESENTATIVE_CONFIGS, ids=config_ids(REPRESENTATIVE_CONFIGS))
 def test_state_dtypes_follow_param_dtype(config, dtype):
-    """State tensors have the param's dtype/shape/device exactly as torch's; 'step' is torch's
-    0-dim float32 CPU tensor."""
+    """State tensors have the param's dtype/shape/device exactly as torch's; 'step' (and the other
+    0-dim states) is torch's 0-dim float32 CPU tensor."""
     shapes = [(5,), (2, 3)]
     values = make_param_values(shapes, dtype, seed=13)
     grads = make_grad_values(shapes, dtype, num_steps=2, seed=1300)
@@ -166,7 +203,8 @@ def test_state_dtypes_follow_param_dtype(config, dtype):
         for k in st_t:
             assert st_f[k].dtype == st_t[k].dtype, (k, st_f[k].dtype, st_t[k].dtype)
             assert st_f[k].shape == st_t[k].shape and st_f[k].device == st_t[k].device
-            if k == "step":
+            if k in SCALAR_STATE_KEYS:
+                # 'step' (and ASGD's eta/mu, NAdam's mu_product): torch's 0-dim float32
                 assert st_f[k].dtype == torch.float32 and st_f[k].dim() == 0
             else:
                 assert st_f[k].dtype == dtype

@@ -9,6 +9,7 @@ import torch
 
 from helpers import (
     NUM_STEPS,
+    SCALAR_STATE_KEYS,
     as_params,
     assert_fused_path,
     assert_param_groups_match,
@@ -16,12 +17,15 @@ from helpers import (
     assert_state_dicts_match,
     capture_exception,
     fused_cls,
+    interface_kwargs,
     make_grad_values,
     make_param_values,
+    mark_known_bug,
     run_steps,
+    set_grads,
     torch_cls,
 )
-from optim_configs import REPRESENTATIVE_CONFIGS, OptimConfig, TensorHP, config_ids
+from optim_configs import OPTIM_NAMES, REPRESENTATIVE_CONFIGS, OptimConfig, TensorHP, config_ids
 
 SHAPES = [(7,), (3, 5), (), (17,)]
 
@@ -31,14 +35,35 @@ ROUND_TRIP_CONFIGS = REPRESENTATIVE_CONFIGS + [
     OptimConfig("Adam", dict(lr=0.01, betas=(TensorHP(0.8), TensorHP(0.95)))),
     OptimConfig("AdamW", dict(lr=0.01, fused=True)),
     OptimConfig("SGD", dict(lr=0.05, momentum=0.9, fused=True)),
+    OptimConfig("Adagrad", dict(lr=TensorHP(0.1), lr_decay=0.05, fused=True)),
+    OptimConfig("ASGD", dict(lr=TensorHP(0.05), t0=2)),
+    OptimConfig("NAdam", dict(lr=TensorHP(0.01), momentum_decay=0.1)),
+    OptimConfig("RMSprop", dict(lr=TensorHP(0.01), momentum=0.5)),
+    OptimConfig("Rprop", dict(lr=TensorHP(0.05), step_sizes=(0.02, 0.06))),
+    OptimConfig("LAMB", dict(lr=TensorHP(0.01), max_grad_norm=1.0, always_adapt=True)),
+    OptimConfig("Lion", dict(lr=TensorHP(1e-3), weight_decay=0.1, maximize=True)),
 ]
 
-EXPECTED_STATE_KEYS = {
-    ("SGD", False): set(),
-    ("SGD", True): {"momentum_buffer"},
-    ("Adam", False): {"step", "exp_avg", "exp_avg_sq"},
-    ("Adam", True): {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"},
-}
+
+def expected_state_keys(config):
+    """torch.optim's per-param state keys, in torch's order (written out, not read from torch)."""
+    kw = config.kwargs
+    return {
+        "SGD": ["momentum_buffer"] if kw.get("momentum", 0) != 0 else [],
+        "Adam": ["step", "exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if kw.get("amsgrad") else []),
+        "AdamW": ["step", "exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if kw.get("amsgrad") else []),
+        "Adadelta": ["step", "square_avg", "acc_delta"],
+        "Adagrad": ["step", "sum"],
+        "Adamax": ["step", "exp_avg", "exp_inf"],
+        "ASGD": ["step", "eta", "mu", "ax"],
+        "NAdam": ["step", "mu_product", "exp_avg", "exp_avg_sq"],
+        "RAdam": ["step", "exp_avg", "exp_avg_sq"],
+        "RMSprop": ["step", "square_avg"] + (["momentum_buffer"] if kw.get("momentum", 0) > 0 else [])
+        + (["grad_avg"] if kw.get("centered") else []),
+        "Rprop": ["step", "prev", "step_size"],
+        "LAMB": ["step", "exp_avg", "exp_avg_sq"],
+        "Lion": ["exp_avg"],
+    }[config.optim]
 
 
 def _setup(config, dtype=torch.float64, seed=20):
@@ -58,32 +83,36 @@ def test_state_dict_structure_matches_torch(config):
     values, grads = _setup(config)
     o_t, p_t = _build(torch_cls, config, values, "torch")
     o_f, p_f = _build(fused_cls, config, values, "fused")
-    # before any step: no state at all, same param_groups
+    # before any step: no state at all (Adagrad: every param's, made at construction), same
+    # param_groups
     sd_t0, sd_f0 = o_t.state_dict(), o_f.state_dict()
-    assert sd_f0["state"] == {} and sd_t0["state"] == {}
+    if config.optim == "Adagrad":
+        assert sorted(sd_f0["state"]) == list(range(len(SHAPES)))
+        assert_state_dicts_match(sd_f0, sd_t0, config)
+    else:
+        assert sd_f0["state"] == {} and sd_t0["state"] == {}
     assert_param_groups_match(sd_f0["param_groups"], sd_t0["param_groups"], config, ignore=())
     run_steps(o_t, p_t, grads[:3])
     run_steps(o_f, p_f, grads[:3])
     sd_t, sd_f = o_t.state_dict(), o_f.state_dict()
     assert_state_dicts_match(sd_f, sd_t, config)
     # explicit format, independent of torch: state per index with torch's keys
-    family = "SGD" if config.optim == "SGD" else "Adam"
-    flag = (config.kwargs.get("momentum", 0) != 0) if family == "SGD" \
-        else bool(config.kwargs.get("amsgrad", False))
-    keys = EXPECTED_STATE_KEYS[(family, flag)]
+    keys = expected_state_keys(config)
     if keys:
         assert sorted(sd_f["state"].keys()) == list(range(len(SHAPES)))
     else:
         assert sd_f["state"] == {}  # SGD without momentum keeps no state, like torch
     for idx, st in sd_f["state"].items():
-        assert set(st.keys()) == keys
+        assert list(st.keys()) == keys
         if "step" in st:
             step = st["step"]
             assert isinstance(step, torch.Tensor) and step.dim() == 0
             assert step.dtype == torch.float32 and step.device.type == "cpu"
             assert float(step) == 3.0
         for k, v in st.items():
-            if k != "step":
+            if k in SCALAR_STATE_KEYS:  # ASGD's eta / mu, NAdam's mu_product
+                assert v.dim() == 0 and v.dtype == torch.float32 and v.device.type == "cpu"
+            else:
                 assert v.shape == SHAPES[idx] and v.dtype == torch.float64
     assert [g["params"] for g in sd_f["param_groups"]] == [list(range(len(SHAPES)))]
 
@@ -91,14 +120,26 @@ def test_state_dict_structure_matches_torch(config):
 @pytest.mark.parametrize("via_bytes", [False, True], ids=["direct", "torch.save"])
 @pytest.mark.parametrize("direction", ["torch_to_fused", "fused_to_torch"])
 @pytest.mark.parametrize("config", ROUND_TRIP_CONFIGS, ids=config_ids(ROUND_TRIP_CONFIGS))
-def test_round_trip_mid_run(config, direction, via_bytes):
+def test_round_trip_mid_run(config, direction, via_bytes, request):
     """Run the source optimizer 5 steps, load its state_dict into the other implementation,
-    continue 5 steps; compare with an uninterrupted torch.optim run of 10 steps."""
+    continue 5 steps; compare with torch.optim doing the same round trip with itself (torch ->
+    torch).  For most algorithms that equals an uninterrupted run; not where torch's
+    load_state_dict casts 0-dim states to the param's dtype (NAdam's mu_product, ASGD's eta and
+    mu become float64 here and are then computed in float64)."""
+    if config.optim == "ASGD" and direction == "torch_to_fused":
+        mark_known_bug(request, "asgd_eta_after_load")
     dtype = torch.float64
     values, grads = _setup(config)
     # uninterrupted torch run
     o_ref, p_ref = _build(torch_cls, config, values, "torch")
     run_steps(o_ref, p_ref, grads)
+    # torch -> torch round trip at step 5
+    o_tt, p_tt = _build(torch_cls, config, values, "torch")
+    run_steps(o_tt, p_tt, grads[:5])
+    sd_tt = o_tt.state_dict()
+    o_tt, p_tt = _build(torch_cls, config, [p.detach() for p in p_tt], "torch")
+    o_tt.load_state_dict(copy.deepcopy(sd_tt))
+    run_steps(o_tt, p_tt, grads[5:])
 
     src_get, dst_get = (torch_cls, fused_cls) if direction == "torch_to_fused" \
         else (fused_cls, torch_cls)
@@ -122,14 +163,14 @@ def test_round_trip_mid_run(config, direction, via_bytes):
     run_steps(o_dst, p_dst, grads[5:])
 
     if direction == "torch_to_fused":
-        assert_runs_match(o_dst, o_ref, p_dst, p_ref, config)
+        assert_runs_match(o_dst, o_tt, p_dst, p_tt, config)
         if config.expects_fused_path:
             assert_fused_path(o_dst)
     else:
         # o_dst is torch here; compare ours-then-torch with pure torch
-        for pd, pr in zip(p_dst, p_ref):
+        for pd, pr in zip(p_dst, p_tt):
             torch.testing.assert_close(pd.detach(), pr.detach(), rtol=1e-10, atol=1e-12)
-        assert_state_dicts_match(o_dst.state_dict(), o_ref.state_dict())
+        assert_state_dicts_match(o_dst.state_dict(), o_tt.state_dict())
     # the source continues too and stays in lockstep with the uninterrupted run
     run_steps(o_src, p_src, grads[5:])
     for ps, pr in zip(p_src, p_ref):
@@ -152,13 +193,16 @@ def test_weights_only_load_of_fused_state_dict(config):
 
 
 @pytest.mark.parametrize("config", ROUND_TRIP_CONFIGS, ids=config_ids(ROUND_TRIP_CONFIGS))
-def test_load_does_not_alias_source_tensors(config):
+def test_load_does_not_alias_source_tensors(config, request):
     """Mutating the loaded-from dict's tensors (state and Tensor hyperparameters) after load
     must not change the optimizer."""
+    if config.optim == "ASGD":
+        mark_known_bug(request, "asgd_eta_after_load")
     values, grads = _setup(config)
     o_src, p_src = _build(torch_cls, config, values, "torch")
     run_steps(o_src, p_src, grads[:5])
     sd = o_src.state_dict()
+    sd_ref = copy.deepcopy(sd)  # before the mutations below (torch's dict holds live state)
     o_f, p_f = _build(fused_cls, config, [p.detach() for p in p_src], "fused")
     o_f.load_state_dict(sd)
     snapshot = {
@@ -195,18 +239,19 @@ def test_load_does_not_alias_source_tensors(config):
                 for a, b in zip(g[k], v):
                     if isinstance(b, torch.Tensor):
                         assert torch.equal(a, b), k
-    # and it continues exactly like the uninterrupted torch run
-    o_ref, p_ref = _build(torch_cls, config, values, "torch")
-    run_steps(o_ref, p_ref, grads)
+    # and it continues exactly like torch loading the same state_dict
+    o_ref, p_ref = _build(torch_cls, config, [p.detach() for p in p_src], "torch")
+    o_ref.load_state_dict(sd_ref)
+    run_steps(o_ref, p_ref, grads[5:])
     run_steps(o_f, p_f, grads[5:])
     assert_runs_match(o_f, o_ref, p_f, p_ref, config)
 
 
-@pytest.mark.parametrize("optim", ["SGD", "Adam", "AdamW"])
+@pytest.mark.parametrize("optim", OPTIM_NAMES)
 def test_named_parameters_param_names_in_state_dict(optim):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-    kw = dict(lr=0.01, momentum=0.9) if optim == "SGD" else dict(lr=0.01)
+    kw = interface_kwargs(optim)
     m_t, m_f = model, copy.deepcopy(model)
     o_t = torch_cls(optim)(m_t.named_parameters(), **kw)
     o_f = fused_cls(optim)(m_f.named_parameters(), **kw)
@@ -229,7 +274,7 @@ def test_named_parameters_param_names_in_state_dict(optim):
     assert_param_groups_match(o_plain.param_groups, o_plain_t.param_groups)
 
 
-@pytest.mark.parametrize("optim", ["SGD", "Adam", "AdamW"])
+@pytest.mark.parametrize("optim", OPTIM_NAMES)
 def test_load_state_dict_validation_like_torch(optim):
     values, grads = _setup(None)
     kw = dict(lr=0.01)
@@ -305,7 +350,9 @@ def _hook_log_run(cls, config, values, grads):
 
 
 @pytest.mark.parametrize("config", REPRESENTATIVE_CONFIGS[::2], ids=config_ids(REPRESENTATIVE_CONFIGS[::2]))
-def test_state_dict_hooks_called_like_torch(config):
+def test_state_dict_hooks_called_like_torch(config, request):
+    if config.optim == "ASGD":
+        mark_known_bug(request, "asgd_eta_after_load")  # it reloads its own state_dict
     values, grads = _setup(config)
     log_t, o_t, p_t = _hook_log_run(torch_cls(config.optim), config, values, grads)
     log_f, o_f, p_f = _hook_log_run(fused_cls(config.optim), config, values, grads)
@@ -313,3 +360,38 @@ def test_state_dict_hooks_called_like_torch(config):
     assert len(log_f) == 6
     assert_runs_match(o_f, o_t, p_f, p_t, config)
     assert len(grads) == NUM_STEPS
+
+
+@pytest.mark.parametrize("optim", OPTIM_NAMES)
+def test_round_trip_low_precision_keeps_torchs_state_dtypes(optim, request):
+    """bf16 params: a torch state_dict loaded mid-run gives every state entry torch's dtype
+    after load_state_dict (torch casts non-'step' tensors to the param's dtype, 0-dim ones
+    included) and keeps it through the following steps, like torch."""
+    if optim in ("NAdam", "ASGD"):
+        mark_known_bug(request, "scalar_state_dtype_after_load")
+    dtype = torch.bfloat16
+    values = make_param_values(SHAPES, dtype, seed=22)
+    grads = make_grad_values(SHAPES, dtype, num_steps=6, seed=2200)
+    kw = interface_kwargs(optim)
+    src = as_params(values)
+    o_src = torch_cls(optim)(src, **kw)
+    run_steps(o_src, src, grads[:3])
+    sd = o_src.state_dict()
+    p_t, p_f = as_params([p.detach() for p in src]), as_params([p.detach() for p in src])
+    o_t, o_f = torch_cls(optim)(p_t, **kw), fused_cls(optim)(p_f, **kw)
+    o_t.load_state_dict(copy.deepcopy(sd))
+    o_f.load_state_dict(sd)
+    for step in range(4):
+        for pt, pf in zip(p_t, p_f):
+            st_t, st_f = o_t.state[pt], o_f.state[pf]
+            assert list(st_f) == list(st_t)
+            for k in st_t:
+                assert st_f[k].dtype == st_t[k].dtype, (step, k, st_f[k].dtype, st_t[k].dtype)
+                assert st_f[k].shape == st_t[k].shape
+        if step < 3:
+            for o, ps in ((o_t, p_t), (o_f, p_f)):
+                set_grads(ps, grads[3 + step])
+                o.step()
+    for pt, pf in zip(p_t, p_f):
+        assert float(o_f.state[pf].get("step", 0)) == float(o_t.state[pt].get("step", 0))
+        torch.testing.assert_close(pf.detach().float(), pt.detach().float(), rtol=0.05, atol=0.05)

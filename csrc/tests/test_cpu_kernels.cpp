@@ -1,11 +1,26 @@
-// C++ tests of the CPU kernels, without torch: every instruction set this CPU runs must give
-// bit-identical results to the scalar path (fp32, fp64, bf16, fp16; every tail length; any
-// split of the flat range), the half conversions must round-trip, and the fp64 Adam and SGD
-// rules must agree with a plain double-precision transcription of torch.optim's formulas.
+// C++ tests of the CPU kernels, without torch:
+//  * every elementwise kernel of the KernelTable (FO_ELEMENTWISE_RULES) on every instruction
+//    set this CPU runs gives bit-identical results to the scalar path, for fp32, fp64, bf16 and
+//    fp16, every tail length, any split of the flat range, several hyperparameter variants
+//    (each branch of each rule) and per-tensor coefficients as the host steps set them
+//    (csrc/cpu/<algo>_cpu.cpp); with special values (inf, NaN, signed zeros) too, where any
+//    NaN equals any NaN;
+//  * the reduction kernels (FO_REDUCTION_RULES: LAMB's moments pass and the squared-grad sum)
+//    cannot be bit-identical across instruction sets (lanes sum in another order): their
+//    per-segment sums must agree with a double-precision reference within rounding, and the
+//    states they update must still be bit-identical;
+//  * the half conversions round-trip;
+//  * the fp64 Adam, Rprop, ASGD and RAdam rules agree with a plain double-precision
+//    transcription of torch.optim's formulas.
+// A kernel added to the X-macros without a check here is a compile error (check_<name>).
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/kernels.h"
@@ -14,14 +29,16 @@ using namespace fusedoptim;
 using namespace fusedoptim::cpu;
 
 static int failures = 0;
-#define EXPECT(cond, ...)                        \
-  do {                                           \
-    if (!(cond)) {                               \
-      ++failures;                                \
+static int checks = 0;
+#define EXPECT(cond, ...)                              \
+  do {                                                 \
+    ++checks;                                          \
+    if (!(cond)) {                                     \
+      ++failures;                                      \
       std::printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-      std::printf(__VA_ARGS__);                  \
-      std::printf("\n");                         \
-    }                                            \
+      std::printf(__VA_ARGS__);                        \
+      std::printf("\n");                               \
+    }                                                  \
   } while (0)
 
 template <typename T> T from_double(double v);
@@ -29,33 +46,63 @@ template <> float from_double<float>(double v) { return float(v); }
 template <> double from_double<double>(double v) { return v; }
 template <> bf16_t from_double<bf16_t>(double v) { return to_bf16(float(v)); }
 template <> fp16_t from_double<fp16_t>(double v) { return to_fp16(float(v)); }
+double as_double(float v) { return v; }
+double as_double(double v) { return v; }
+double as_double(bf16_t v) { return to_float(v); }
+double as_double(fp16_t v) { return to_float(v); }
 template <typename T> DType dtype_of();
 template <> DType dtype_of<float>() { return DType::kFloat32; }
 template <> DType dtype_of<double>() { return DType::kFloat64; }
 template <> DType dtype_of<bf16_t>() { return DType::kBFloat16; }
 template <> DType dtype_of<fp16_t>() { return DType::kFloat16; }
 
+// How a slot's random values are drawn.
+enum Fill : int {
+  kSigned,        // N(0, 1)
+  kNonNegative,   // |N(0, 1)|: squares, accumulators
+  kStepSize,      // (0.5 + |N(0, 1)|) * 0.01: Rprop step sizes
+  kSignedZeros,   // N(0, 1) with a quarter exact zeros: Rprop's prev, sign(0) cases
+};
+using SlotFills = std::array<Fill, kMaxSlots>;
+// Slots: param, grad, then the rule's states in its order (bucket_table.h).
+constexpr SlotFills kDefaultFills = {kSigned, kSigned, kSigned, kNonNegative, kNonNegative};
+
 // A bucket of tensors with the given lengths: param, grad and three states, random values.
 template <typename T>
 struct TestBucket {
-  std::vector<std::vector<T>> slots[5];
+  std::vector<std::vector<T>> slots[kMaxSlots];
   std::vector<TensorEntry> entries;
   std::vector<int64_t> prefix;
 
-  TestBucket(const std::vector<int64_t>& sizes, unsigned seed) {
+  TestBucket(const std::vector<int64_t>& sizes, unsigned seed, const SlotFills& fills = kDefaultFills,
+             bool specials = false) {
     std::mt19937 rng(seed);
     std::normal_distribution<double> normal;
+    std::uniform_int_distribution<int> quarter(0, 3);
+    const double special_values[] = {INFINITY, -INFINITY, NAN, 0.0, -0.0};
     int64_t total = 0;
     for (int64_t n : sizes) {
       TensorEntry e{};
-      for (int s = 0; s < 5; ++s) {
+      for (int s = 0; s < kMaxSlots; ++s) {
         std::vector<T> v(n);
-        for (auto& x : v) x = from_double<T>(s >= 3 ? std::fabs(normal(rng)) : normal(rng));  // squares stay >= 0
+        for (auto& x : v) {
+          double d = normal(rng);
+          switch (fills[s]) {
+            case kSigned: break;
+            case kNonNegative: d = std::fabs(d); break;
+            case kStepSize: d = (0.5 + std::fabs(d)) * 0.01; break;
+            case kSignedZeros: if (quarter(rng) == 0) d = 0.0; break;
+          }
+          x = from_double<T>(d);
+        }
+        // special values at a few (vector-body and tail) positions of every slot, different
+        // positions per slot (a NaN state, e.g. a loaded step size, reaches the clamps)
+        if (specials) {
+          for (int64_t i = 3 * s; i < n; i += 7 + s) v[i] = from_double<T>(special_values[(i + s) % 5]);
+        }
         slots[s].push_back(std::move(v));
       }
       e.numel = n;
-      e.coef[0] = -1e-2 / (1 - std::pow(0.9, 3));
-      e.coef[1] = 1 / std::sqrt(1 - std::pow(0.999, 3));
       e.first_step = static_cast<int32_t>(n % 2);
       entries.push_back(e);
       prefix.push_back(total);
@@ -63,49 +110,440 @@ struct TestBucket {
     }
     prefix.push_back(total);
     for (size_t i = 0; i < entries.size(); ++i)
-      for (int s = 0; s < 5; ++s) entries[i].ptr[s] = slots[s][i].data();
+      for (int s = 0; s < kMaxSlots; ++s) entries[i].ptr[s] = slots[s][i].data();
   }
   BucketTable table() const {
     return {entries.data(), prefix.data(), int64_t(entries.size()), prefix.back(), dtype_of<T>()};
   }
-  bool same_bits(const TestBucket& other) const {
-    for (int s = 0; s < 5; ++s)
-      for (size_t i = 0; i < slots[s].size(); ++i)
-        if (std::memcmp(slots[s][i].data(), other.slots[s][i].data(), slots[s][i].size() * sizeof(T)) != 0) return false;
+  int64_t total() const { return prefix.back(); }
+  double get(int s, size_t t, int64_t i) const { return as_double(slots[s][t][i]); }
+  void set(int s, size_t t, int64_t i, double v) { slots[s][t][i] = from_double<T>(v); }
+  // Bitwise equality of every slot; with nan_equal, any NaN matches any NaN.
+  bool same_bits(const TestBucket& other, bool nan_equal = false, const char** where = nullptr) const {
+    for (int s = 0; s < kMaxSlots; ++s)
+      for (size_t t = 0; t < slots[s].size(); ++t)
+        for (size_t i = 0; i < slots[s][t].size(); ++i) {
+          if (std::memcmp(&slots[s][t][i], &other.slots[s][t][i], sizeof(T)) == 0) continue;
+          if (nan_equal && std::isnan(get(s, t, i)) && std::isnan(other.get(s, t, i))) continue;
+          static char buf[128];
+          std::snprintf(buf, sizeof buf, "slot %d tensor %zu (numel %zu) index %zu: %.17g vs %.17g", s, t,
+                        slots[s][t].size(), i, get(s, t, i), other.get(s, t, i));
+          if (where) *where = buf;
+          return false;
+        }
     return true;
   }
 };
 
 const std::vector<int64_t> kSizes = {0, 1, 7, 8, 9, 15, 16, 17, 31, 33, 64, 4097};
 
-template <typename T>
-void check_isa_identity(CpuCapability isa, const char* dtype_name) {
-  const math::AdamHyper adam_variants[] = {
-      {1e-2, 0.9, 0.999, 1e-8, 0.0, false, false, false, 1.0},
-      {1e-2, 0.9, 0.999, 1e-8, 0.1, true, true, false, 1.0 - 1e-3},
-      {1e-2, 0.3, 0.99, 1e-6, 0.1, true, false, true, 1.0 - 1e-3},  // 1 - beta1 >= 0.5: the other lerp branch
-  };
-  for (const auto& hyper : adam_variants) {
-    TestBucket<T> expected(kSizes, 1), actual(kSizes, 1);
-    kernels_for(CpuCapability::kScalar).adam(expected.table(), hyper, 0, expected.prefix.back());
-    // Split the range at odd places to exercise partial tensors, as parallel_for does.
-    const int64_t total = actual.prefix.back();
+// Per-tensor coefficients (TensorEntry::coef) and input fix-ups of one kernel's check.
+template <typename T> using CoefFn = std::function<void(TensorEntry&, size_t)>;
+template <typename T> using FixFn = std::function<void(TestBucket<T>&)>;
+
+template <typename Hyper>
+using ElementwiseMember = void (*KernelTable::*)(const BucketTable&, const Hyper&, int64_t, int64_t);
+
+// The scalar kernel over the whole range vs `isa`'s over a range split at odd places (as
+// parallel_for splits it): bit-identical params and states.  Then the same with special values.
+template <typename T, typename Hyper>
+void expect_isa_identity(const char* name, int variant, CpuCapability isa, const char* dtype_name,
+                         ElementwiseMember<Hyper> kernel, const Hyper& hyper, const SlotFills& fills,
+                         const CoefFn<T>& coefs = nullptr, const FixFn<T>& fix = nullptr) {
+  for (bool specials : {false, true}) {
+    const unsigned seed = 17u + 31u * unsigned(variant);
+    TestBucket<T> expected(kSizes, seed, fills, specials), actual(kSizes, seed, fills, specials);
+    for (TestBucket<T>* b : {&expected, &actual}) {
+      if (fix) fix(*b);
+      if (coefs)
+        for (size_t k = 0; k < b->entries.size(); ++k) coefs(b->entries[k], k);
+    }
+    EXPECT(expected.same_bits(actual), "%s: test inputs differ", name);
+    (kernels_for(CpuCapability::kScalar).*kernel)(expected.table(), hyper, 0, expected.total());
+    const int64_t total = actual.total();
     const int64_t cuts[] = {0, 5, 37, total / 2 + 3, total};
-    for (int c = 0; c + 1 < 5; ++c) kernels_for(isa).adam(actual.table(), hyper, cuts[c], cuts[c + 1]);
-    EXPECT(expected.same_bits(actual), "adam %s %s differs from scalar", capability_name(isa), dtype_name);
-  }
-  const math::SgdHyper sgd_variants[] = {
-      {1e-2, 0.0, 0.0, 0.0, false, false},
-      {1e-2, 0.9, 0.1, 1e-2, false, true},
-      {1e-2, 0.9, 0.0, 1e-2, true, false},
-  };
-  for (const auto& hyper : sgd_variants) {
-    TestBucket<T> expected(kSizes, 2), actual(kSizes, 2);
-    kernels_for(CpuCapability::kScalar).sgd(expected.table(), hyper, 0, expected.prefix.back());
-    kernels_for(isa).sgd(actual.table(), hyper, 0, actual.prefix.back());
-    EXPECT(expected.same_bits(actual), "sgd %s %s differs from scalar", capability_name(isa), dtype_name);
+    for (int c = 0; c + 1 < 5; ++c) (kernels_for(isa).*kernel)(actual.table(), hyper, cuts[c], cuts[c + 1]);
+    const char* where = "";
+    EXPECT(expected.same_bits(actual, specials, &where), "%s variant %d%s: %s %s differs from scalar at %s", name,
+           variant, specials ? " (special values)" : "", capability_name(isa), dtype_name, where);
   }
 }
+
+// ----------------------------------------------------------------------------- elementwise
+
+// Per-tensor step counts: the entries of a bucket may be at different steps (params that got
+// their first grad later), so the coefficients differ per entry.
+double step_of(size_t k) { return double(1 + (k * 5) % 11); }
+
+template <typename T>
+void check_sgd(CpuCapability isa, const char* dn) {
+  const double variants[][4] = {{0.0, 0.0, 0.0, 0}, {0.9, 0.1, 1e-2, 1}, {0.9, 0.0, 1e-2, 2}, {0.5, 0.3, 0.0, 3}};
+  for (const auto& v : variants) {
+    math::SgdHyper h{};
+    h.lr = 1e-2;
+    h.momentum = v[0];
+    h.dampening = v[1];
+    h.weight_decay = v[2];
+    h.nesterov = v[3] == 2;
+    h.maximize = v[3] == 1 || v[3] == 3;
+    expect_isa_identity<T>("sgd", int(v[3]), isa, dn, &KernelTable::sgd, h, kDefaultFills);
+  }
+}
+
+template <typename T>
+void check_adam(CpuCapability isa, const char* dn) {
+  for (int v = 0; v < 4; ++v) {
+    math::AdamHyper h{};
+    h.lr = 1e-2;
+    h.beta1 = v == 2 ? 0.3 : 0.9;  // 1 - beta1 >= 0.5: the other lerp branch
+    h.beta2 = 0.999;
+    h.eps = v == 3 ? 1e-3 : 1e-8;
+    h.weight_decay = v == 0 ? 0.0 : 0.1;
+    h.amsgrad = v == 1 || v == 3;
+    h.maximize = v == 1;
+    h.decoupled_weight_decay = v >= 2;
+    h.decay_factor = 1.0 - h.lr * h.weight_decay;
+    expect_isa_identity<T>("adam", v, isa, dn, &KernelTable::adam, h, kDefaultFills, [&](TensorEntry& e, size_t k) {
+      const auto c = math::AdamStepCoefs::at_step(h, step_of(k));
+      e.coef[0] = c.neg_step_size;
+      e.coef[1] = c.inv_bias_correction2_sqrt;
+    });
+  }
+}
+
+template <typename T>
+void check_adadelta(CpuCapability isa, const char* dn) {
+  for (int v = 0; v < 3; ++v) {
+    math::AdadeltaHyper h{};
+    h.lr = v == 2 ? 0.5 : 1.0;
+    h.rho = v == 1 ? 0.5 : 0.9;
+    h.eps = 1e-6;
+    h.weight_decay = v == 1 ? 0.1 : 0.0;
+    h.maximize = v == 2;
+    expect_isa_identity<T>("adadelta", v, isa, dn, &KernelTable::adadelta, h,
+                           {kSigned, kSigned, kNonNegative, kNonNegative, kSigned});
+  }
+}
+
+template <typename T>
+void check_adagrad(CpuCapability isa, const char* dn) {
+  for (int v = 0; v < 3; ++v) {
+    math::AdagradHyper h{};
+    h.lr = 0.1;
+    h.lr_decay = v == 1 ? 0.05 : 0.0;
+    h.weight_decay = v == 1 ? 0.1 : 0.0;
+    h.eps = v == 2 ? 1e-3 : 1e-10;
+    h.maximize = v == 2;
+    expect_isa_identity<T>("adagrad", v, isa, dn, &KernelTable::adagrad, h,
+                           {kSigned, kSigned, kNonNegative, kSigned, kSigned}, [&](TensorEntry& e, size_t k) {
+                             e.coef[0] = -h.lr / (1.0 + (step_of(k) - 1.0) * h.lr_decay);
+                           });
+  }
+}
+
+template <typename T>
+void check_adamax(CpuCapability isa, const char* dn) {
+  for (int v = 0; v < 3; ++v) {
+    math::AdamaxHyper h{};
+    h.lr = 2e-3;
+    h.beta1 = v == 2 ? 0.3 : 0.9;
+    h.beta2 = 0.999;
+    h.eps = 1e-8;
+    h.weight_decay = v == 1 ? 0.1 : 0.0;
+    h.maximize = v >= 1;
+    expect_isa_identity<T>("adamax", v, isa, dn, &KernelTable::adamax, h,
+                           {kSigned, kSigned, kSigned, kNonNegative, kSigned}, [&](TensorEntry& e, size_t k) {
+                             e.coef[0] = -h.lr / (1.0 - std::pow(h.beta1, step_of(k)));
+                           });
+  }
+}
+
+template <typename T>
+void check_asgd(CpuCapability isa, const char* dn) {
+  for (int v = 0; v < 3; ++v) {
+    math::AsgdHyper h{};
+    h.lr = 0.05;
+    h.lambd = v == 1 ? 0.1 : 1e-4;
+    h.alpha = 0.75;
+    h.t0 = v == 2 ? 1e6 : 2.0;
+    h.weight_decay = v == 1 ? 0.1 : 0.0;
+    h.maximize = v == 2;
+    expect_isa_identity<T>("asgd", v, isa, dn, &KernelTable::asgd, h, kDefaultFills, [&](TensorEntry& e, size_t k) {
+      const double step = step_of(k);
+      const double eta = h.lr / std::pow(1.0 + h.lambd * h.lr * (step - 1.0), h.alpha);
+      const double mu = 1.0 / std::fmax(1.0, step - 1.0 - h.t0);
+      e.coef[0] = 1.0 - h.lambd * eta;
+      e.coef[1] = -eta;
+      e.coef[2] = mu;
+      e.coef[3] = mu != 1.0 ? 1.0 : 0.0;  // both branches within one table (v != 2)
+    });
+  }
+}
+
+template <typename T>
+void check_nadam(CpuCapability isa, const char* dn) {
+  for (int v = 0; v < 3; ++v) {
+    math::NadamHyper h{};
+    h.lr = 2e-3;
+    h.beta1 = v == 2 ? 0.3 : 0.9;
+    h.beta2 = 0.999;
+    h.eps = 1e-8;
+    h.weight_decay = v == 0 ? 0.0 : 0.1;
+    h.momentum_decay = 4e-3;
+    h.decoupled_weight_decay = v == 2;
+    h.maximize = v == 1;
+    h.decay_factor = 1.0 - h.lr * h.weight_decay;
+    expect_isa_identity<T>("nadam", v, isa, dn, &KernelTable::nadam, h, kDefaultFills, [&](TensorEntry& e, size_t k) {
+      const double step = step_of(k);
+      auto mu_at = [&](double t) { return h.beta1 * (1.0 - 0.5 * std::pow(0.96, t * h.momentum_decay)); };
+      double product = 1.0;
+      for (double t = 1; t <= step; ++t) product *= mu_at(t);
+      e.coef[0] = 1.0 - std::pow(h.beta2, step);
+      e.coef[1] = -h.lr * (1.0 - mu_at(step)) / (1.0 - product);
+      e.coef[2] = (-h.lr * mu_at(step + 1)) / (1.0 - product * mu_at(step + 1));
+    });
+  }
+}
+
+template <typename T>
+void check_radam(CpuCapability isa, const char* dn) {
+  for (int v = 0; v < 3; ++v) {
+    math::RadamHyper h{};
+    h.lr = 1e-3;
+    h.beta1 = v == 2 ? 0.3 : 0.9;
+    h.beta2 = 0.9;  // rho_t <= 5 for steps 1-6, > 5 later: both branches in one table
+    h.eps = 1e-8;
+    h.weight_decay = v == 0 ? 0.0 : 0.1;
+    h.decoupled_weight_decay = v == 1;
+    h.maximize = v == 2;
+    h.decay_factor = 1.0 - h.lr * h.weight_decay;
+    expect_isa_identity<T>("radam", v, isa, dn, &KernelTable::radam, h, kDefaultFills, [&](TensorEntry& e, size_t k) {
+      const auto c = math::RadamStepCoefs::at_step(h, step_of(k));
+      e.coef[0] = c.bias_correction1;
+      e.coef[1] = c.bias_correction2_sqrt;
+      e.coef[2] = c.rect;
+      e.coef[3] = c.rectified ? 1.0 : 0.0;
+    });
+  }
+}
+
+template <typename T>
+void check_rmsprop(CpuCapability isa, const char* dn) {
+  const int variants[][3] = {{0, 0, 0}, {1, 0, 1}, {0, 1, 0}, {1, 1, 1}, {1, 1, 2}};  // momentum, centered, misc
+  int v = 0;
+  for (const auto& var : variants) {
+    math::RmspropHyper h{};
+    h.lr = 1e-2;
+    h.alpha = var[2] == 2 ? 0.3 : 0.99;  // 1 - alpha >= 0.5: the other lerp branch
+    h.eps = 1e-8;
+    h.weight_decay = var[2] == 1 ? 0.1 : 0.0;
+    h.momentum = var[0] ? 0.9 : 0.0;
+    h.centered = var[1] != 0;
+    h.maximize = var[2] == 1;
+    // states: square_avg, then momentum_buffer (momentum > 0), then grad_avg (centered)
+    const int grad_avg_slot = kFirstStateSlot + (var[0] ? 2 : 1);
+    expect_isa_identity<T>("rmsprop", v++, isa, dn, &KernelTable::rmsprop, h,
+                           {kSigned, kSigned, kNonNegative, kSigned, kSigned}, nullptr,
+                           [&](TestBucket<T>& b) {  // square_avg >= grad_avg^2: a real variance
+                             if (!h.centered) return;
+                             for (size_t t = 0; t < b.entries.size(); ++t)
+                               for (int64_t i = 0; i < b.entries[t].numel; ++i) {
+                                 const double g = b.get(grad_avg_slot, t, i);
+                                 b.set(kFirstStateSlot, t, i, g * g + b.get(kFirstStateSlot, t, i));
+                               }
+                           });
+  }
+}
+
+template <typename T>
+void check_rprop(CpuCapability isa, const char* dn) {
+  const double variants[][4] = {{0.5, 1.2, 1e-6, 50}, {0.3, 1.5, 0.008, 0.012}, {0.1, 3.0, 1e-3, 0.1}};
+  int v = 0;
+  for (const auto& var : variants) {
+    math::RpropHyper h{};
+    h.etaminus = var[0];
+    h.etaplus = var[1];
+    h.step_size_min = var[2];  // variant 1: both clamps hit (step sizes ~0.005-0.02)
+    h.step_size_max = var[3];
+    h.maximize = v == 2;
+    expect_isa_identity<T>("rprop", v++, isa, dn, &KernelTable::rprop, h,
+                           {kSigned, kSignedZeros, kSignedZeros, kStepSize, kSigned});
+  }
+}
+
+template <typename T>
+void check_lion(CpuCapability isa, const char* dn) {
+  for (int v = 0; v < 3; ++v) {
+    math::LionHyper h{};
+    h.lr = 1e-3;
+    h.beta1 = v == 2 ? 0.0 : 0.9;
+    h.beta2 = v == 2 ? 1.0 : 0.99;
+    h.weight_decay = v == 1 ? 0.1 : 0.0;
+    h.maximize = v == 1;
+    expect_isa_identity<T>("lion", v, isa, dn, &KernelTable::lion, h,
+                           {kSigned, kSignedZeros, kSignedZeros, kSigned, kSigned});
+  }
+}
+
+math::LambHyper lamb_variant(int v) {
+  math::LambHyper h{};
+  h.beta1 = v == 3 ? 0.5 : 0.9;
+  h.beta2 = 0.999;
+  h.eps = 1e-6;
+  h.weight_decay = v == 0 ? 0.0 : 0.01;
+  h.grad_averaging = v != 2;
+  h.decoupled_weight_decay = v != 1;
+  h.maximize = v == 2;
+  h.clip = v == 3 ? 2.5 : 1.0;
+  return h;
+}
+
+void lamb_coefs(TensorEntry& e, size_t k, const math::LambHyper& h, bool bias_correction) {
+  const double step = step_of(k);
+  e.coef[0] = bias_correction ? 1.0 - std::pow(h.beta1, step) : 1.0;
+  e.coef[1] = bias_correction ? 1.0 - std::pow(h.beta2, step) : 1.0;
+  e.coef[2] = -1e-3 * (0.5 + 0.1 * double(k));  // -lr * trust ratio, per tensor
+}
+
+template <typename T>
+void check_lamb_apply(CpuCapability isa, const char* dn) {
+  for (int v = 0; v < 4; ++v) {
+    const math::LambHyper h = lamb_variant(v);
+    expect_isa_identity<T>("lamb_apply", v, isa, dn, &KernelTable::lamb_apply, h, kDefaultFills,
+                           [&](TensorEntry& e, size_t k) { lamb_coefs(e, k, h, v != 2); });
+  }
+}
+
+// ----------------------------------------------------------------------------- reductions
+
+// Segments of at most max_numel elements per entry (as Bucket::segments builds them).
+std::vector<Segment> make_segments(const std::vector<TensorEntry>& entries, int64_t max_numel) {
+  std::vector<Segment> segments;
+  for (size_t e = 0; e < entries.size(); ++e)
+    for (int64_t begin = 0; begin < entries[e].numel; begin += max_numel)
+      segments.push_back(Segment{int64_t(e), begin, std::min(begin + max_numel, entries[e].numel)});
+  return segments;
+}
+
+template <typename Hyper>
+using ReductionMember = void (*KernelTable::*)(const BucketTable&, const Hyper&, const Segment*, int64_t, int64_t,
+                                               double*);
+
+// Runs a reduction over all segments split into two calls [0, m) and [m, n), as parallel_for
+// may split them.
+template <typename T, typename Hyper>
+std::vector<double> run_reduction(CpuCapability isa, ReductionMember<Hyper> kernel, TestBucket<T>& b, const Hyper& h,
+                                  const std::vector<Segment>& segments, int num_sums) {
+  std::vector<double> out(segments.size() * num_sums, -1.0);
+  const int64_t n = int64_t(segments.size());
+  const int64_t m = n / 3;
+  (kernels_for(isa).*kernel)(b.table(), h, segments.data(), 0, m, out.data());
+  (kernels_for(isa).*kernel)(b.table(), h, segments.data(), m, n, out.data());
+  return out;
+}
+
+// |actual - expected| <= tol * (|expected| + 1e-30) for every sum.
+bool sums_close(const std::vector<double>& actual, const std::vector<double>& expected, double tol,
+                const char** where) {
+  static char buf[160];
+  if (actual.size() != expected.size()) return false;
+  for (size_t i = 0; i < actual.size(); ++i) {
+    if (!(std::fabs(actual[i] - expected[i]) <= tol * (std::fabs(expected[i]) + 1e-30))) {
+      std::snprintf(buf, sizeof buf, "sum %zu: %.17g vs reference %.17g", i, actual[i], expected[i]);
+      *where = buf;
+      return false;
+    }
+  }
+  return true;
+}
+
+template <typename T>
+double sum_tolerance() {
+  return std::is_same<T, double>::value ? 1e-12 : 2e-5;  // math in double / in float
+}
+
+template <typename T>
+void check_lamb_moments(CpuCapability isa, const char* dn) {
+  for (int v = 0; v < 4; ++v) {
+    const math::LambHyper h = lamb_variant(v);
+    const bool bias_correction = v != 2;
+    TestBucket<T> ref_in(kSizes, 41u + v), scalar(kSizes, 41u + v), simd(kSizes, 41u + v);
+    for (TestBucket<T>* b : {&ref_in, &scalar, &simd})
+      for (size_t k = 0; k < b->entries.size(); ++k) lamb_coefs(b->entries[k], k, h, bias_correction);
+    const std::vector<Segment> segments = make_segments(scalar.entries, 1000);  // 4097: 5 pieces
+    const auto out_scalar = run_reduction(CpuCapability::kScalar, &KernelTable::lamb_moments, scalar, h, segments, 2);
+    const auto out_simd = run_reduction(isa, &KernelTable::lamb_moments, simd, h, segments, 2);
+    // double-precision reference of math/lamb.h's moments pass, from the same inputs
+    std::vector<double> expected(segments.size() * 2, 0.0);
+    for (size_t s = 0; s < segments.size(); ++s) {
+      const size_t t = size_t(segments[s].entry);
+      const TensorEntry& e = ref_in.entries[t];
+      for (int64_t i = segments[s].begin; i < segments[s].end; ++i) {
+        const double p = ref_in.get(0, t, i);
+        double g = ref_in.get(1, t, i);
+        double m = ref_in.get(2, t, i), vv = ref_in.get(3, t, i);
+        if (h.maximize) g = -g;
+        g = g / h.clip;
+        if (!h.decoupled_weight_decay && h.weight_decay != 0) g = g + h.weight_decay * p;
+        m = m * h.beta1 + (h.grad_averaging ? 1.0 - h.beta1 : 1.0) * g;
+        vv = vv * h.beta2 + (1.0 - h.beta2) * g * g;
+        double u = (m / e.coef[0]) / (std::sqrt(vv / e.coef[1]) + h.eps);
+        if (h.decoupled_weight_decay && h.weight_decay != 0) u = u + h.weight_decay * p;
+        expected[2 * s] += p * p;
+        expected[2 * s + 1] += u * u;
+      }
+    }
+    const char* where = "";
+    EXPECT(sums_close(out_scalar, expected, sum_tolerance<T>(), &where), "lamb_moments variant %d scalar %s: %s", v,
+           dn, where);
+    EXPECT(sums_close(out_simd, expected, sum_tolerance<T>(), &where), "lamb_moments variant %d %s %s: %s", v,
+           capability_name(isa), dn, where);
+    // the moments it stores are elementwise: bit-identical; the param is not written
+    EXPECT(scalar.same_bits(simd, false, &where), "lamb_moments variant %d %s %s states differ at %s", v,
+           capability_name(isa), dn, where);
+    bool param_untouched = true;
+    for (size_t t = 0; t < scalar.entries.size(); ++t)
+      param_untouched &= std::memcmp(scalar.slots[0][t].data(), ref_in.slots[0][t].data(),
+                                     scalar.slots[0][t].size() * sizeof(T)) == 0;
+    EXPECT(param_untouched, "lamb_moments %s wrote the param", dn);
+  }
+}
+
+template <typename T>
+void check_grad_squares(CpuCapability isa, const char* dn) {
+  TestBucket<T> scalar(kSizes, 43), simd(kSizes, 43);
+  const TestBucket<T> before(kSizes, 43);
+  for (int64_t max_numel : {int64_t(7), int64_t(1000), int64_t(32768)}) {
+    const std::vector<Segment> segments = make_segments(scalar.entries, max_numel);
+    const math::GradSquaresHyper h{};
+    const auto out_scalar = run_reduction(CpuCapability::kScalar, &KernelTable::grad_squares, scalar, h, segments, 1);
+    const auto out_simd = run_reduction(isa, &KernelTable::grad_squares, simd, h, segments, 1);
+    std::vector<double> expected(segments.size(), 0.0);
+    for (size_t s = 0; s < segments.size(); ++s)
+      for (int64_t i = segments[s].begin; i < segments[s].end; ++i) {
+        const double g = before.get(1, size_t(segments[s].entry), i);
+        expected[s] += g * g;
+      }
+    const char* where = "";
+    EXPECT(sums_close(out_scalar, expected, sum_tolerance<T>(), &where), "grad_squares scalar %s: %s", dn, where);
+    EXPECT(sums_close(out_simd, expected, sum_tolerance<T>(), &where), "grad_squares %s %s: %s",
+           capability_name(isa), dn, where);
+  }
+  const char* where = "";
+  EXPECT(before.same_bits(scalar, false, &where) && before.same_bits(simd, false, &where),
+         "grad_squares %s modified its inputs at %s", dn, where);
+}
+
+// Every kernel of the KernelTable, for one dtype.
+template <typename T>
+void check_all_kernels(CpuCapability isa, const char* dtype_name) {
+#define FO_CHECK_KERNEL(name, Rule, Hyper) check_##name<T>(isa, dtype_name);
+  FO_ELEMENTWISE_RULES(FO_CHECK_KERNEL)
+  FO_REDUCTION_RULES(FO_CHECK_KERNEL)
+#undef FO_CHECK_KERNEL
+}
+
+// ----------------------------------------------------------------------------- misc
 
 void check_half_round_trips() {
   for (uint32_t bits = 0; bits < 65536; ++bits) {
@@ -123,28 +561,136 @@ void check_half_round_trips() {
   EXPECT(to_fp16(70000.0f).bits == 0x7C00, "fp16 overflow");
 }
 
+bool near(double a, double b) { return std::fabs(a - b) <= 1e-12 * (1 + std::fabs(b)); }
+
 void check_rules_against_double_reference() {
-  TestBucket<double> bucket({1, 9, 100}, 3), before({1, 9, 100}, 3);
-  const math::AdamHyper h{1e-3, 0.9, 0.999, 1e-8, 0.05, true, false, false, 1.0 - 1e-3 * 0.05};
-  const double step = 3;
-  for (auto& e : bucket.entries) {
-    const auto coefs = math::AdamStepCoefs::at_step(h, step);
-    e.coef[0] = coefs.neg_step_size;
-    e.coef[1] = coefs.inv_bias_correction2_sqrt;
+  {  // Adam (coupled weight decay, amsgrad)
+    TestBucket<double> bucket({1, 9, 100}, 3), before({1, 9, 100}, 3);
+    math::AdamHyper h{};
+    h.lr = 1e-3;
+    h.beta1 = 0.9;
+    h.beta2 = 0.999;
+    h.eps = 1e-8;
+    h.weight_decay = 0.05;
+    h.amsgrad = true;
+    h.decay_factor = 1.0 - 1e-3 * 0.05;
+    const double step = 3;
+    for (auto& e : bucket.entries) {
+      const auto coefs = math::AdamStepCoefs::at_step(h, step);
+      e.coef[0] = coefs.neg_step_size;
+      e.coef[1] = coefs.inv_bias_correction2_sqrt;
+    }
+    kernels_for(CpuCapability::kScalar).adam(bucket.table(), h, 0, bucket.total());
+    for (size_t t = 0; t < bucket.entries.size(); ++t) {
+      for (int64_t i = 0; i < bucket.entries[t].numel; ++i) {
+        double p = before.slots[0][t][i], g = before.slots[1][t][i], m = before.slots[2][t][i],
+               v = before.slots[3][t][i], vmax = before.slots[4][t][i];
+        g += h.weight_decay * p;
+        m = m + (1 - h.beta1) * (g - m);
+        v = v * h.beta2 + (1 - h.beta2) * g * g;
+        vmax = std::fmax(vmax, v);
+        const double denom = std::sqrt(vmax) / std::sqrt(1 - std::pow(h.beta2, step)) + h.eps;
+        p -= h.lr / (1 - std::pow(h.beta1, step)) * m / denom;
+        EXPECT(near(p, bucket.slots[0][t][i]), "adam fp64 param");
+        EXPECT(near(vmax, bucket.slots[4][t][i]), "adam fp64 max_exp_avg_sq");
+      }
+    }
   }
-  kernels_for(CpuCapability::kScalar).adam(bucket.table(), h, 0, bucket.prefix.back());
-  for (size_t t = 0; t < bucket.entries.size(); ++t) {
-    for (int64_t i = 0; i < bucket.entries[t].numel; ++i) {
-      double p = before.slots[0][t][i], g = before.slots[1][t][i], m = before.slots[2][t][i],
-             v = before.slots[3][t][i], vmax = before.slots[4][t][i];
-      g += h.weight_decay * p;
-      m = m + (1 - h.beta1) * (g - m);
-      v = v * h.beta2 + (1 - h.beta2) * g * g;
-      vmax = std::fmax(vmax, v);
-      const double denom = std::sqrt(vmax) / std::sqrt(1 - std::pow(h.beta2, step)) + h.eps;
-      p -= h.lr / (1 - std::pow(h.beta1, step)) * m / denom;
-      EXPECT(std::fabs(p - bucket.slots[0][t][i]) <= 1e-12 * (1 + std::fabs(p)), "adam fp64 param");
-      EXPECT(std::fabs(vmax - bucket.slots[4][t][i]) <= 1e-12 * (1 + vmax), "adam fp64 max_exp_avg_sq");
+  {  // Rprop: sign agreement, the clamps, the zeroed grad after a sign change
+    const SlotFills fills = {kSigned, kSignedZeros, kSignedZeros, kStepSize, kSigned};
+    TestBucket<double> bucket({1, 9, 100}, 4, fills), before({1, 9, 100}, 4, fills);
+    math::RpropHyper h{};
+    h.etaminus = 0.3;
+    h.etaplus = 1.5;
+    h.step_size_min = 0.008;
+    h.step_size_max = 0.012;
+    kernels_for(CpuCapability::kScalar).rprop(bucket.table(), h, 0, bucket.total());
+    int hit_min = 0, hit_max = 0, zeros = 0;
+    for (size_t t = 0; t < bucket.entries.size(); ++t) {
+      for (int64_t i = 0; i < bucket.entries[t].numel; ++i) {
+        double p = before.slots[0][t][i], g = before.slots[1][t][i], prev = before.slots[2][t][i],
+               ss = before.slots[3][t][i];
+        const double s = g * prev;
+        const double factor = s > 0 ? h.etaplus : (s < 0 ? h.etaminus : 1.0);
+        ss = std::fmin(std::fmax(ss * factor, h.step_size_min), h.step_size_max);
+        hit_min += ss == h.step_size_min;
+        hit_max += ss == h.step_size_max;
+        if (s < 0) g = 0;
+        zeros += g == 0;
+        p -= (g > 0 ? 1.0 : (g < 0 ? -1.0 : 0.0)) * ss;
+        EXPECT(near(p, bucket.slots[0][t][i]), "rprop fp64 param");
+        EXPECT(near(ss, bucket.slots[3][t][i]), "rprop fp64 step_size");
+        EXPECT(g == bucket.slots[2][t][i], "rprop fp64 prev");
+      }
+    }
+    EXPECT(hit_min > 0 && hit_max > 0 && zeros > 0, "rprop reference: clamps/zeros not exercised");
+  }
+  {  // ASGD: decay, step, average (mu != 1) / copy (mu == 1)
+    TestBucket<double> bucket({1, 9, 100}, 5), before({1, 9, 100}, 5);
+    math::AsgdHyper h{};
+    h.lr = 0.05;
+    h.lambd = 0.1;
+    h.alpha = 0.75;
+    h.t0 = 1;
+    h.weight_decay = 0.1;
+    const double eta = 0.04, mus[] = {1.0, 0.5, 0.25};
+    for (size_t k = 0; k < bucket.entries.size(); ++k) {
+      auto& e = bucket.entries[k];
+      e.coef[0] = 1.0 - h.lambd * eta;
+      e.coef[1] = -eta;
+      e.coef[2] = mus[k];
+      e.coef[3] = mus[k] != 1.0 ? 1.0 : 0.0;
+    }
+    kernels_for(CpuCapability::kScalar).asgd(bucket.table(), h, 0, bucket.total());
+    for (size_t t = 0; t < bucket.entries.size(); ++t) {
+      for (int64_t i = 0; i < bucket.entries[t].numel; ++i) {
+        double p = before.slots[0][t][i], g = before.slots[1][t][i], ax = before.slots[2][t][i];
+        g += h.weight_decay * p;
+        p *= 1.0 - h.lambd * eta;
+        p -= eta * g;
+        ax = mus[t] != 1.0 ? ax + (p - ax) * mus[t] : p;
+        EXPECT(near(p, bucket.slots[0][t][i]), "asgd fp64 param");
+        EXPECT(near(ax, bucket.slots[2][t][i]), "asgd fp64 ax");
+      }
+    }
+  }
+  {  // RAdam: unrectified (step 2) and rectified (step 9) entries, beta2 = 0.9
+    TestBucket<double> bucket({9, 100}, 6), before({9, 100}, 6);
+    math::RadamHyper h{};
+    h.lr = 1e-2;
+    h.beta1 = 0.9;
+    h.beta2 = 0.9;
+    h.eps = 1e-8;
+    const double steps[] = {2, 9};
+    for (size_t k = 0; k < 2; ++k) {
+      const auto c = math::RadamStepCoefs::at_step(h, steps[k]);
+      auto& e = bucket.entries[k];
+      e.coef[0] = c.bias_correction1;
+      e.coef[1] = c.bias_correction2_sqrt;
+      e.coef[2] = c.rect;
+      e.coef[3] = c.rectified ? 1.0 : 0.0;
+    }
+    EXPECT(bucket.entries[0].coef[3] == 0.0 && bucket.entries[1].coef[3] == 1.0, "radam: rho_t branches");
+    kernels_for(CpuCapability::kScalar).radam(bucket.table(), h, 0, bucket.total());
+    for (size_t t = 0; t < 2; ++t) {
+      const double step = steps[t];
+      const double rho_inf = 2 / (1 - h.beta2) - 1;
+      const double bc2 = 1 - std::pow(h.beta2, step);
+      const double rho_t = rho_inf - 2 * step * std::pow(h.beta2, step) / bc2;
+      for (int64_t i = 0; i < bucket.entries[t].numel; ++i) {
+        double p = before.slots[0][t][i], g = before.slots[1][t][i], m = before.slots[2][t][i],
+               v = before.slots[3][t][i];
+        m = m + (1 - h.beta1) * (g - m);
+        v = v * h.beta2 + (1 - h.beta2) * g * g;
+        const double corrected = m / (1 - std::pow(h.beta1, step));
+        if (rho_t > 5) {
+          const double rect = std::sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t));
+          p -= corrected * h.lr * (std::sqrt(bc2) / (std::sqrt(v) + h.eps)) * rect;
+        } else {
+          p -= corrected * h.lr;
+        }
+        EXPECT(near(p, bucket.slots[0][t][i]), "radam fp64 param (step %g)", step);
+      }
     }
   }
 }
@@ -153,18 +699,19 @@ int main() {
   check_half_round_trips();
   check_rules_against_double_reference();
   int checked = 0;
-  for (int c = 1; c < kNumCapabilities; ++c) {
+  for (int c = 0; c < kNumCapabilities; ++c) {
     const auto isa = CpuCapability(c);
     if (!capability_compiled(isa) || !capability_supported(isa)) {
       std::printf("skip %s: not supported by this CPU\n", capability_name(isa));
       continue;
     }
-    check_isa_identity<float>(isa, "fp32");
-    check_isa_identity<double>(isa, "fp64");
-    check_isa_identity<bf16_t>(isa, "bf16");
-    check_isa_identity<fp16_t>(isa, "fp16");
-    ++checked;
+    // scalar against itself too: the range split and the reductions' reference
+    check_all_kernels<float>(isa, "fp32");
+    check_all_kernels<double>(isa, "fp64");
+    check_all_kernels<bf16_t>(isa, "bf16");
+    check_all_kernels<fp16_t>(isa, "fp16");
+    if (c > 0) ++checked;
   }
-  std::printf("%d instruction sets checked against scalar; %d failures\n", checked, failures);
+  std::printf("%d instruction sets checked against scalar; %d checks; %d failures\n", checked, checks, failures);
   return failures == 0 ? 0 : 1;
 }

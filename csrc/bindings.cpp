@@ -99,9 +99,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            })
       .def("asgd",
            [](Bucket& b, double lr, double lambd, double alpha, double t0, double weight_decay, bool maximize,
-              bool lr_is_float32) {
+              bool lr_is_float32, bool eta_as_float32, bool mu_as_float32) {
              py::gil_scoped_release no_gil;
-             asgd_step(b, {lr, lambd, alpha, t0, weight_decay, maximize, lr_is_float32});
+             asgd_step(b, {lr, lambd, alpha, t0, weight_decay, maximize, lr_is_float32, eta_as_float32, mu_as_float32});
            })
       .def("nadam",
            [](Bucket& b, double lr, double beta1, double beta2, double eps, double weight_decay, double momentum_decay,

@@ -132,12 +132,12 @@ def lion(params, states, *, lr, beta1, beta2, weight_decay, maximize):
         direction = (exp_avg * beta1).add_(grad, alpha=1 - beta1)
         if weight_decay != 0:
             param.mul_(1 - lr * weight_decay)
-        param.add_(direction.sign_(), alpha=-lr)
+        param.sub_(direction.sign_().mul_(lr))  # lr may be a Tensor that requires grad
         exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)
 
 
 def lamb(params, states, *, lr, beta1, beta2, eps, weight_decay, bias_correction, grad_averaging,
-         decoupled_weight_decay, always_adapt, maximize, clip, step_dtype):
+         decoupled_weight_decay, always_adapt, maximize, clip, step_dtype, differentiable=False):
     """LAMB (fusedoptim.LAMB's docstring), one param at a time; clip is the global grad-norm divisor."""
     lr = _lr_value(lr)
     beta3 = 1 - beta1 if grad_averaging else 1.0
@@ -161,9 +161,14 @@ def lamb(params, states, *, lr, beta1, beta2, eps, weight_decay, bias_correction
         update = (exp_avg / bias_correction1) / ((exp_avg_sq / bias_correction2).sqrt() + eps)
         if weight_decay != 0 and decoupled_weight_decay:
             update = update + weight_decay * param
-        ratio = 1.0
-        if weight_decay != 0 or always_adapt:
+        if not (weight_decay != 0 or always_adapt):
+            param.sub_(update * lr)
+        elif differentiable:
+            # Tensors, not .item(): autograd sees the ratio (and a Tensor lr).
+            param_norm, update_norm = param.clone().norm(), update.norm()  # param changes below
+            ratio = torch.where((param_norm != 0) & (update_norm != 0), param_norm / update_norm, 1.0)
+            param.sub_(update * (lr * ratio))
+        else:
             param_norm, update_norm = param.norm().item(), update.norm().item()
-            if param_norm != 0 and update_norm != 0:
-                ratio = param_norm / update_norm
-        param.add_(update, alpha=-lr * ratio)
+            ratio = param_norm / update_norm if param_norm != 0 and update_norm != 0 else 1.0
+            param.add_(update, alpha=-lr * ratio)

@@ -59,9 +59,15 @@ class ASGD(FusedOptimizer):
         return ("ax",)
 
     def _fused_step(self, group, bucket):
+        lr = group["lr"]
+        # torch.as_tensor(new value): a Python float takes the default dtype, a value computed
+        # from a Tensor lr keeps the lr's dtype; then it is copied into eta / mu.
+        python_floats_are_float32 = torch.get_default_dtype() != torch.float64
+        eta_as_float32 = _lr_is_float32(lr) if isinstance(lr, torch.Tensor) else python_floats_are_float32
         bucket.asgd(
-            _scalar(group["lr"]), _scalar(group["lambd"]), _scalar(group["alpha"]), _scalar(group["t0"]),
-            _scalar(group["weight_decay"]), bool(group["maximize"]), _lr_is_float32(group["lr"]),
+            _scalar(lr), _scalar(group["lambd"]), _scalar(group["alpha"]), _scalar(group["t0"]),
+            _scalar(group["weight_decay"]), bool(group["maximize"]), _lr_is_float32(lr),
+            eta_as_float32, python_floats_are_float32,
         )
 
     def _check_step(self, group, reference_params):

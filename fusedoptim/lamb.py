@@ -121,12 +121,25 @@ class LAMB(FusedOptimizer):
         max_norm = group["max_grad_norm"]
         if not max_norm:
             return 1.0
-        total = self._global_grad_norm()
-        return max(total / max_norm, 1.0)
+        if group["differentiable"]:
+            # A tensor, so autograd sees the clip's dependence on the grads.
+            return torch.clamp(self._global_grad_norm(as_tensor=True) / max_norm, min=1.0)
+        return max(self._global_grad_norm() / max_norm, 1.0)
 
-    def _global_grad_norm(self):
+    def _global_grad_norm(self, as_tensor=False):
         # Once per step (cached on the plan): fused buckets sum in C++, the rest in torch.
         plan = self._plan
+        if as_tensor:
+            squares = 0.0
+            for _, buckets, reference in plan.groups:
+                for bucket in buckets:
+                    if bucket.compiled.num_entries:
+                        squares = squares + bucket.compiled.grad_squares()
+                for p in reference:
+                    if p.grad is not None:
+                        grad = torch.view_as_real(p.grad) if p.grad.is_complex() else p.grad
+                        squares = squares + torch.linalg.vector_norm(grad, dtype=torch.float64) ** 2
+            return torch.as_tensor(squares, dtype=torch.float64).sqrt()
         if getattr(plan, "lamb_grad_norm", None) is None:
             squares = 0.0
             for _, buckets, reference in plan.groups:
@@ -136,6 +149,7 @@ class LAMB(FusedOptimizer):
                 for p in reference:
                     if p.grad is not None:
                         grad = p.grad.coalesce()._values() if p.grad.is_sparse else p.grad
+                        grad = torch.view_as_real(grad) if grad.is_complex() else grad
                         squares += torch.linalg.vector_norm(grad.detach(), dtype=torch.float64).item() ** 2
             plan.lamb_grad_norm = math.sqrt(squares)
         return plan.lamb_grad_norm
@@ -168,5 +182,5 @@ class LAMB(FusedOptimizer):
             weight_decay=group["weight_decay"], bias_correction=group["bias_correction"],
             grad_averaging=group["grad_averaging"], decoupled_weight_decay=group["decoupled_weight_decay"],
             always_adapt=group["always_adapt"], maximize=group["maximize"], clip=self._clip_divisor(group),
-            step_dtype=self._step_dtype(group),
+            step_dtype=self._step_dtype(group), differentiable=group["differentiable"],
         )

@@ -111,6 +111,10 @@ class _Bucket:
             if st is None:
                 continue
             for name in state_names:
+                if st and name not in st:
+                    # An option that adds a state (RMSprop's momentum, Adam's amsgrad) was
+                    # switched on after the state was made: torch's step fails the same way.
+                    raise KeyError(name)
                 value = st.get(name)
                 if not copy_existing and _reusable_state(value, p):
                     self.states[name][i] = value
@@ -306,8 +310,11 @@ class FusedOptimizer(Optimizer):
         # loaded dict's tensors, and the next step finds its plan ready.
         self._plan = None
         packed = set()
-        if _extension.extension_available():
-            plan = _Plan(self, after_load=True)
+        try:
+            plan = _Plan(self, after_load=True) if _extension.extension_available() else None
+        except KeyError:
+            plan = None  # the loaded state lacks a buffer the groups need: the step raises
+        if plan is not None:
             plan.commit(self.state)
             self._plan = plan
             packed = {p for _, buckets, _ in plan.groups for b in buckets for p, slot in zip(b.params, b.has_slot) if slot}

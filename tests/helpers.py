@@ -296,34 +296,10 @@ def assert_reference_path(opt):
 # cases are marked xfail(strict=True) with mark_known_bug, so that they turn into failures
 # (XPASS strict) as soon as the bug is fixed and the mark must go.
 KNOWN_BUGS = {
-    "asgd_eta_after_load": (
-        "fusedoptim bug: after load_state_dict torch holds ASGD's eta/mu in the param's dtype "
-        "(float64 here) but still writes float32-rounded values into them (torch.as_tensor of a "
-        "Python float has the default dtype); fusedoptim writes exact float64 values, so the "
-        "runs drift apart by ~1e-8 relative"
-    ),
     "scalar_state_dtype_after_load": (
         "fusedoptim bug: torch's load_state_dict casts NAdam's mu_product and ASGD's eta/mu to "
         "a 16-bit param's dtype and torch then computes them in that dtype; fusedoptim turns "
         "them back into float32 tensors"
-    ),
-    "lamb_fp16_trust_ratio": (
-        "fusedoptim bug: fused LAMB with 16-bit params computes the trust ratio from the update "
-        "of the moments pass (unrounded moments) but applies the update recomputed from the "
-        "moments *stored* in fp16; when exp_avg_sq underflows in fp16 (small or clipped grads) "
-        "the applied update is ~1/eps times larger than the one the ratio was made for and the "
-        "params blow up"
-    ),
-    "lamb_complex_reference_clip": (
-        "fusedoptim bug: LAMB's global grad norm on the reference path calls "
-        "torch.linalg.vector_norm(grad, dtype=torch.float64) on complex grads: RuntimeError "
-        "'dtype should be complex for complex inputs' (complex params with max_grad_norm and "
-        "differentiable=True, or non-contiguous complex params)"
-    ),
-    "rmsprop_buffer_switched_on": (
-        "fusedoptim mismatch: switching RMSprop's momentum from 0 to > 0 (or centered on) after "
-        "state exists makes torch's step raise KeyError('momentum_buffer') / "
-        "KeyError('grad_avg'); fusedoptim silently starts a zero buffer (undocumented)"
     ),
 }
 

@@ -352,8 +352,6 @@ def test_lamb_small_grads_in_low_precision(dtype, request):
     the moments stored in the param's dtype give an update of ~ m / eps.  The trust ratio must
     be made for the update that is applied (|update of each param| = lr * |p| * ...), as the
     oracle does in fp16 itself: the param moves by about lr * |p| = 0.005, not by ~5."""
-    if dtype == torch.float16:
-        mark_known_bug(request, "lamb_fp16_trust_ratio")
     res = {}
     for name, cls in (("oracle", torch_cls("LAMB")), ("fused", fused_cls("LAMB"))):
         p = torch.full((1000,), 0.5, dtype=dtype, requires_grad=True)
@@ -370,7 +368,6 @@ def test_lamb_small_grads_in_low_precision(dtype, request):
 @pytest.mark.parametrize("case", ["differentiable", "non_contiguous"])
 def test_lamb_clipping_with_complex_params_on_the_reference_path(case, request):
     """The global grad norm over complex grads (as real pairs) on the reference path."""
-    mark_known_bug(request, "lamb_complex_reference_clip")
     g = torch.Generator().manual_seed(81)
     base = torch.randn(4, 6, generator=g, dtype=torch.complex128)
     grads = [torch.randn(4, 3, generator=g, dtype=torch.complex128) for _ in range(3)]
@@ -549,31 +546,16 @@ def test_differentiable_steps_match_torch(optim, kwargs):
     assert n_nonzero >= 3
 
 
-_LAMB_RATIO_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="fusedoptim bug: LAMB's reference path (differentiable=True) takes the trust ratio "
-    "and the global grad-norm clip divisor as Python floats (.item()), so autograd misses their "
-    "dependence on the params and grads: wrong gradients",
-)
-_TENSOR_LR_XFAIL = pytest.mark.xfail(
-    strict=True, raises=TypeError,
-    reason="fusedoptim bug: with differentiable=True and a Tensor lr that requires grad, the "
-    "reference path passes the tensor as add_(alpha=...): TypeError",
-)
 GRADCHECK_CASES = [
     pytest.param("Lion", dict(lr=0.05, weight_decay=0.1), id="Lion-wd"),
     pytest.param("Lion", dict(lr=0.05, betas=(0.5, 0.9), maximize=True), id="Lion-maximize"),
-    pytest.param("Lion", dict(lr="tensor", weight_decay=0.1), id="Lion-tensor_lr",
-                 marks=_TENSOR_LR_XFAIL),
+    pytest.param("Lion", dict(lr="tensor", weight_decay=0.1), id="Lion-tensor_lr"),
     pytest.param("LAMB", dict(lr=0.05, weight_decay=0.0), id="LAMB-no_trust_ratio"),
     pytest.param("LAMB", dict(lr=0.05, weight_decay=0.0, bias_correction=False,
                               grad_averaging=False, maximize=True), id="LAMB-no_bc_no_avg"),
-    pytest.param("LAMB", dict(lr=0.05, weight_decay=0.1), id="LAMB-trust_ratio",
-                 marks=_LAMB_RATIO_XFAIL),
-    pytest.param("LAMB", dict(lr=0.05, weight_decay=0.0, max_grad_norm=0.5), id="LAMB-clipped",
-                 marks=_LAMB_RATIO_XFAIL),
-    pytest.param("LAMB", dict(lr="tensor", weight_decay=0.0), id="LAMB-tensor_lr",
-                 marks=_TENSOR_LR_XFAIL),
+    pytest.param("LAMB", dict(lr=0.05, weight_decay=0.1), id="LAMB-trust_ratio"),
+    pytest.param("LAMB", dict(lr=0.05, weight_decay=0.0, max_grad_norm=0.5), id="LAMB-clipped"),
+    pytest.param("LAMB", dict(lr="tensor", weight_decay=0.0), id="LAMB-tensor_lr"),
 ]
 
 

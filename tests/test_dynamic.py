@@ -219,8 +219,6 @@ def test_group_options_changed_mid_training(optim, name, switches, request):
     """Options that decide which state exists, edited in param_groups between steps: same
     params and state as torch (stale buffers are kept and reused as torch does), or torch's
     exact error where torch fails."""
-    if optim == "RMSprop" and name in ("momentum_0_to_09", "centered_off_to_on"):
-        mark_known_bug(request, "rmsprop_buffer_switched_on")
     dtype = torch.float64
     values = make_param_values(SHAPES, dtype, seed=66)
     grads = make_grad_values(SHAPES, dtype, seed=6600)
@@ -309,8 +307,6 @@ def test_empty_param_groups(optim):
 def test_load_partial_state_then_new_params_get_grads(config, request):
     """Load a torch state_dict in which some params have no state yet; those params then get
     their first grad: they start fresh exactly as torch's would."""
-    if config.optim == "ASGD":
-        mark_known_bug(request, "asgd_eta_after_load")
     dtype = torch.float64
     shapes = [(7,), (17,), (3, 5)]
     values = make_param_values(shapes, dtype, seed=69)

@@ -75,8 +75,6 @@ def test_complex_parity(config, dtype, isa, request):
     torch refuses fused=True for complex params; fusedoptim accepts fused=True everywhere
     (it is a no-op on its CPU path), so those configurations are compared with torch run
     without the fused flag.  Any other torch refusal must be reproduced exactly."""
-    if config.optim == "LAMB" and config.differentiable and config.kwargs.get("max_grad_norm"):
-        mark_known_bug(request, "lamb_complex_reference_clip")
     shapes = [(1,), (7,), (3, 5), (17,)]
     values = make_param_values(shapes, dtype, seed=2)
     grads = make_grad_values(shapes, dtype, seed=200)

@@ -157,19 +157,9 @@ def check_against_fp64_reference(config, dtype, shapes, seed):
     return o_f16
 
 
-# fp16 LAMB configurations whose exp_avg_sq underflows in fp16 here (clipped grads, no bias
-# correction): see KNOWN_BUGS["lamb_fp16_trust_ratio"] and test_algorithms.py
-_LAMB_FP16_BUG_IDS = {
-    "LAMB-lr=0.01,max_grad_norm=1.0,weight_decay=0.1,decoupled_weight_decay=False,"
-    "grad_averaging=False,bias_correction=False,maximize=True",
-}
-
-
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=LP_IDS)
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=config_ids(ALL_CONFIGS))
 def test_low_precision_vs_fp64_reference(config, dtype, isa, request):
-    if dtype == torch.float16 and config.id in _LAMB_FP16_BUG_IDS:
-        mark_known_bug(request, "lamb_fp16_trust_ratio")
     opt = check_against_fp64_reference(config, dtype, SHAPES, seed=11)
     if config.expects_fused_path:
         assert_fused_path(opt)
@@ -180,8 +170,6 @@ def test_low_precision_vs_fp64_reference(config, dtype, isa, request):
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=LP_IDS)
 @pytest.mark.parametrize("config", REPRESENTATIVE_CONFIGS, ids=config_ids(REPRESENTATIVE_CONFIGS))
 def test_low_precision_tail_sizes(config, dtype, isa, request):
-    if dtype == torch.float16 and config.optim == "LAMB" and config.kwargs.get("max_grad_norm"):
-        mark_known_bug(request, "lamb_fp16_trust_ratio")  # 70k clipped grads: v underflows
     opt = check_against_fp64_reference(config, dtype, TAIL_SHAPES, seed=12)
     assert_fused_path(opt)
 

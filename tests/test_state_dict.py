@@ -126,8 +126,6 @@ def test_round_trip_mid_run(config, direction, via_bytes, request):
     torch).  For most algorithms that equals an uninterrupted run; not where torch's
     load_state_dict casts 0-dim states to the param's dtype (NAdam's mu_product, ASGD's eta and
     mu become float64 here and are then computed in float64)."""
-    if config.optim == "ASGD" and direction == "torch_to_fused":
-        mark_known_bug(request, "asgd_eta_after_load")
     dtype = torch.float64
     values, grads = _setup(config)
     # uninterrupted torch run
@@ -196,8 +194,6 @@ def test_weights_only_load_of_fused_state_dict(config):
 def test_load_does_not_alias_source_tensors(config, request):
     """Mutating the loaded-from dict's tensors (state and Tensor hyperparameters) after load
     must not change the optimizer."""
-    if config.optim == "ASGD":
-        mark_known_bug(request, "asgd_eta_after_load")
     values, grads = _setup(config)
     o_src, p_src = _build(torch_cls, config, values, "torch")
     run_steps(o_src, p_src, grads[:5])
@@ -351,8 +347,6 @@ def _hook_log_run(cls, config, values, grads):
 
 @pytest.mark.parametrize("config", REPRESENTATIVE_CONFIGS[::2], ids=config_ids(REPRESENTATIVE_CONFIGS[::2]))
 def test_state_dict_hooks_called_like_torch(config, request):
-    if config.optim == "ASGD":
-        mark_known_bug(request, "asgd_eta_after_load")  # it reloads its own state_dict
     values, grads = _setup(config)
     log_t, o_t, p_t = _hook_log_run(torch_cls(config.optim), config, values, grads)
     log_f, o_f, p_f = _hook_log_run(fused_cls(config.optim), config, values, grads)

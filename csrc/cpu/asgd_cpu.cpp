@@ -39,8 +39,11 @@ void asgd_step(Bucket& bucket, const math::AsgdHyper& hyper) {
   parallel_sweep(kernels_for(active_capability()).asgd, bucket.table(), hyper);
   for (size_t k = 0; k < entries.size(); ++k) {
     const double step = steps[k];
-    bucket.set_scalar(kEtaScalar, k, eta_at(hyper, step));
-    bucket.set_scalar(kMuScalar, k, 1.0 / std::max(1.0, step - hyper.t0));
+    const double eta = eta_at(hyper, step);
+    const double mu = 1.0 / std::max(1.0, step - hyper.t0);
+    const float eta32 = static_cast<float>(eta), mu32 = static_cast<float>(mu);
+    bucket.set_scalar(kEtaScalar, k, hyper.eta_as_float32 ? double(eta32) : eta);
+    bucket.set_scalar(kMuScalar, k, hyper.mu_as_float32 ? double(mu32) : mu);
   }
 }
 

@@ -30,6 +30,9 @@ FO_INLINE int64_t entry_containing(const BucketTable& table, int64_t index) {
 template <typename V, typename = void> struct width_of { static constexpr int value = 1; };
 template <typename V> struct width_of<V, decltype(void(V::kWidth))> { static constexpr int value = V::kWidth; };
 
+template <typename A, typename B> struct is_same_type { static constexpr bool value = false; };
+template <typename A> struct is_same_type<A, A> { static constexpr bool value = true; };
+
 // Whether a rule only reads its states (LAMB's apply pass): then they are not stored back.
 template <typename R, typename = void> struct states_read_only { static constexpr bool value = false; };
 template <typename R> struct states_read_only<R, decltype(void(R::kReadOnlyStates))> {
@@ -75,18 +78,21 @@ struct RuleBody {
     store_all(e, i, param, state);
   }
 
-  // Reduction rules: also adds the element's contributions to sums.
+  // Reduction rules: update the states, store them, then add the element's contributions
+  // to sums from the states as stored, so a later pass that reloads them (LAMB's apply)
+  // sees what the sums saw, rounding to bf16/fp16 included.
   template <typename V>
   FO_INLINE void apply_reduce(const TensorEntry& e, const Coefs& coefs, int64_t i, V* sums) const {
-    V param = load<V>(static_cast<const Storage*>(e.ptr[kParamSlot]) + i);
+    const V param = load<V>(static_cast<const Storage*>(e.ptr[kParamSlot]) + i);
     const V grad = load<V>(static_cast<const Storage*>(e.ptr[kGradSlot]) + i);
     V state[kMaxStates > 0 ? kMaxStates : 1];
     load_states(e, i, state);
-    rule.update(param, grad, state, coefs, sums);
-    if (Rule<S>::kWritesParam) store(static_cast<Storage*>(e.ptr[kParamSlot]) + i, param);
+    rule.update(param, grad, state, coefs);
     for (int k = 0; k < kMaxStates; ++k) {
       if (k < rule.num_states) store(static_cast<Storage*>(e.ptr[kFirstStateSlot + k]) + i, state[k]);
     }
+    if constexpr (!is_same_type<Storage, S>::value) load_states(e, i, state);
+    rule.accumulate(param, grad, state, coefs, sums);
   }
 };
 

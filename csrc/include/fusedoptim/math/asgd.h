@@ -18,6 +18,10 @@ struct AsgdHyper {
   double lr, lambd, alpha, t0, weight_decay;
   bool maximize;
   bool lr_is_float32;  // a float32 Tensor lr: torch computes eta in float32 (math/rule.h)
+  // torch writes eta and mu through torch.as_tensor(value): a Python float becomes the
+  // default dtype, a Tensor lr's result keeps its dtype; so these say whether the new values
+  // are float32-rounded, whatever the dtype of the states they are copied into.
+  bool eta_as_float32, mu_as_float32;
 };
 
 inline namespace FO_ISA {

@@ -50,12 +50,11 @@ struct LambDirection {
   }
 };
 
-// States: exp_avg, exp_avg_sq. Sums: |p|^2, |u|^2.
+// States: exp_avg, exp_avg_sq. Sums: |p|^2, |u|^2, with u from the moments as stored.
 template <typename S>
 struct LambMomentsRule {
   static constexpr int kMaxStates = 2;
   static constexpr int kNumSums = 2;
-  static constexpr bool kWritesParam = false;
   int num_states = 2;
   S beta1, beta3, beta2, one_minus_beta2, weight_decay, clip;
   bool maximize, l2_decay, clips;
@@ -67,7 +66,7 @@ struct LambMomentsRule {
         l2_decay(!h.decoupled_weight_decay && h.weight_decay != 0.0), clips(h.clip != 1.0), direction(h) {}
 
   template <typename V>
-  FO_HOST_DEVICE FO_INLINE void update(V& param, V grad, V* state, const TensorCoefs<S>& t, V* sums) const {
+  FO_HOST_DEVICE FO_INLINE void update(V param, V grad, V* state, const TensorCoefs<S>&) const {
     V& exp_avg = state[0];
     V& exp_avg_sq = state[1];
     if (maximize) grad = -grad;
@@ -75,7 +74,11 @@ struct LambMomentsRule {
     if (l2_decay) grad = grad + V(weight_decay) * param;
     exp_avg = exp_avg * V(beta1) + V(beta3) * grad;
     exp_avg_sq = exp_avg_sq * V(beta2) + V(one_minus_beta2) * grad * grad;
-    const V u = direction(param, exp_avg, exp_avg_sq, t);
+  }
+
+  template <typename V>
+  FO_HOST_DEVICE FO_INLINE void accumulate(V param, V, const V* state, const TensorCoefs<S>& t, V* sums) const {
+    const V u = direction(param, state[0], state[1], t);
     sums[0] = sums[0] + param * param;
     sums[1] = sums[1] + u * u;
   }
@@ -102,13 +105,15 @@ template <typename S>
 struct GradSquaresRule {
   static constexpr int kMaxStates = 0;
   static constexpr int kNumSums = 1;
-  static constexpr bool kWritesParam = false;
   int num_states = 0;
 
   FO_HOST_DEVICE explicit GradSquaresRule(const GradSquaresHyper&) {}
 
   template <typename V>
-  FO_HOST_DEVICE FO_INLINE void update(V&, V grad, V*, const TensorCoefs<S>&, V* sums) const {
+  FO_HOST_DEVICE FO_INLINE void update(V, V, V*, const TensorCoefs<S>&) const {}
+
+  template <typename V>
+  FO_HOST_DEVICE FO_INLINE void accumulate(V, V grad, const V*, const TensorCoefs<S>&, V* sums) const {
     sums[0] = sums[0] + grad * grad;
   }
 };

@@ -6,8 +6,8 @@
 //   int num_states;                    // how many this configuration uses (a prefix)
 //   explicit Rule(const Hyper&);       // hyperparameters converted once per step
 //   template <typename V> void update(V& param, V grad, V* state, const TensorCoefs<S>&) const;
-// and a reduction rule (LAMB) also has kNumSums and update(..., V* sums), adding each
-// element's contributions to sums. V is a scalar or a SIMD wrapper (fusedoptim/cpu/vec.h);
+// and a reduction rule (LAMB) also has kNumSums and accumulate(param, grad, state, coefs,
+// sums), adding each element's contributions to sums from the updated, stored states. V is a scalar or a SIMD wrapper (fusedoptim/cpu/vec.h);
 // the backend loads and stores, the rule only computes.
 #pragma once
 #include "fusedoptim/bucket_table.h"

@@ -57,6 +57,7 @@ ext = CppExtension(
         os.path.join(CSRC, "cpu", "rmsprop_cpu.cpp"),
         os.path.join(CSRC, "cpu", "rprop_cpu.cpp"),
         os.path.join(CSRC, "cpu", "sgd_cpu.cpp"),
+        os.path.join(CSRC, "cpu", "lbfgs_cpu.cpp"),
     ],
     include_dirs=INCLUDE_DIRS,
     # torch's CPU build threads with OpenMP (its own libgomp.so.1, which the loader shares

@@ -24,6 +24,7 @@ void rprop_step(Bucket& bucket, const math::RpropHyper& hyper);
 void lion_step(Bucket& bucket, const math::LionHyper& hyper);
 double grad_squares(Bucket& bucket);
 void lamb_step(Bucket& bucket, const math::LambHyper& hyper, double lr, bool bias_correction, bool always_adapt);
+void register_lbfgs(pybind11::module_& m);
 }  // namespace cpu
 }  // namespace fusedoptim
 
@@ -144,6 +145,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              lamb_step(b, {beta1, beta2, eps, weight_decay, grad_averaging, decoupled_weight_decay, maximize, clip},
                        lr, bias_correction, always_adapt);
            });
+
+  register_lbfgs(m);
 
   m.def("cpu_capability", [] { return std::string(capability_name(active_capability())); });
   m.def("set_cpu_capability", [](const std::string& name) { set_active_capability(capability_from_name(name)); });

@@ -14,6 +14,7 @@ from fusedoptim.adamax import Adamax
 from fusedoptim.adamw import AdamW
 from fusedoptim.asgd import ASGD
 from fusedoptim.lamb import LAMB
+from fusedoptim.lbfgs import LBFGS
 from fusedoptim.lion import Lion
 from fusedoptim.nadam import NAdam
 from fusedoptim.optimizer import FusedOptimizer, ReferencePathWarning
@@ -38,6 +39,7 @@ __all__ = [
     "Rprop",
     "LAMB",
     "Lion",
+    "LBFGS",
     "FusedOptimizer",
     "ReferencePathWarning",
     "available_cpu_capabilities",

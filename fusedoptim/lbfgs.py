@@ -27,6 +27,16 @@ A gathered gradient is never written afterwards (torch's own code only reads the
 search shares them where torch clones them. The history stays torch's lists of tensors:
 `state_dict()` is torch's, zero-copy, and loads both ways.
 
+NOTE: [Scratch buffers]
+A new N-element buffer costs page faults: on the 2-core VM, 0.5-1 ms for 8 MB (and far more the
+first time the process touches the memory), several times the pass that fills it. So the
+buffers no user can see are reused within a step instead of allocated per use, as torch does:
+the gathered gradients (none of them outlives the line search that gathered it, none is ever
+stored in `state`), the line search's origin x_init, and the direction d once this step has
+made one (`state['d']` is set at the end of the step; the d of the previous iteration is dead
+once the memory update has read it). The history pairs y, s are new tensors, as in torch:
+they are the state. Nothing is kept between steps beyond torch's own state.
+
 Steps whose params the kernels can't take (not on the CPU, not contiguous, dtypes other than
 float32/float64 and their complex types, mixed dtypes, overlapping params) run torch.optim.LBFGS's
 own step, unchanged.
@@ -214,9 +224,9 @@ class LBFGS(_TorchLBFGS):
             return None
         return _extension._C.lbfgs.FlatParams.of(self._params)
 
-    def _gather_grads(self, flat, direction=None):
-        """(flat grad, g . direction or None): torch's _gather_flat_grad, fused."""
-        gathered = flat.gather_grads(direction)
+    def _gather_grads(self, flat, direction=None, out=None):
+        """(flat grad, g . direction or None): torch's _gather_flat_grad, fused, into `out` if given."""
+        gathered = flat.gather_grads(direction, out)
         if gathered is None:
             # Sparse or strided grads: torch's own gather (and its errors).
             vec = _TorchLBFGS._gather_flat_grad(self)
@@ -270,7 +280,15 @@ class LBFGS(_TorchLBFGS):
         current_evals = 1
         state["func_evals"] += 1
 
-        flat_grad, _ = self._gather_grads(flat)
+        # NOTE: [Scratch buffers]
+        spare_grads = []
+        x_init = None
+        d_is_scratch = False  # whether d was made by this step (else it is state['d'])
+
+        def gather(direction=None):
+            return self._gather_grads(flat, direction, spare_grads.pop() if spare_grads else None)
+
+        flat_grad, _ = gather()
         opt_cond = flat_grad.max_abs <= tolerance_grad
 
         # optimal condition
@@ -300,6 +318,7 @@ class LBFGS(_TorchLBFGS):
             # Each kernel also returns gtd = g . d and d_max = max |d|.
             if state["n_iter"] == 1:
                 d, gtd, grad_abs_sum, d_max = lbfgs_kernels.first_direction(flat_grad.vec)
+                d_is_scratch = True
                 old_dirs = []
                 old_stps = []
                 ro = []
@@ -333,7 +352,10 @@ class LBFGS(_TorchLBFGS):
                 if num_old > len(al):
                     raise IndexError("list assignment index out of range")  # torch's al[i] = ...
 
-                d, al_values, gtd, d_max = lbfgs_kernels.two_loop(flat_grad.vec, old_dirs, old_stps, ro, float(H_diag))
+                d, al_values, gtd, d_max = lbfgs_kernels.two_loop(
+                    flat_grad.vec, old_dirs, old_stps, ro, float(H_diag), d if d_is_scratch else None
+                )
+                d_is_scratch = True
                 for i, value in enumerate(al_values.unbind()):
                     al[i] = value
 
@@ -361,17 +383,20 @@ class LBFGS(_TorchLBFGS):
             ls_func_evals = 0
             if line_search_fn is not None:
                 # perform line search, using user function
-                x_init = flat.gather_params()
+                x_init = flat.gather_params(x_init)
+                trial_grads = [flat_grad]
 
                 def obj_func(t):
                     flat.add_step(x_init, float(t), d)
                     loss = float(closure())
-                    flat_grad, gtd = self._gather_grads(flat, d)
+                    flat_grad, gtd = gather(d)
+                    trial_grads.append(flat_grad)
                     return loss, flat_grad, gtd
 
                 loss, flat_grad, t, ls_func_evals = _strong_wolfe(
                     obj_func, t, d_max, loss, flat_grad, gtd, max_ls=max_eval - current_evals
                 )
+                spare_grads += [g.vec for g in trial_grads if g is not flat_grad]
                 flat.add_step(x_init, float(t), d)
                 opt_cond = flat_grad.max_abs <= tolerance_grad
             else:
@@ -384,7 +409,9 @@ class LBFGS(_TorchLBFGS):
                     with torch.enable_grad():
                         loss = closure()
                     loss = float(loss)
-                    flat_grad, _ = self._gather_grads(flat)
+                    # the last gradient now lives on in prev_flat_grad only
+                    spare_grads.append(flat_grad.vec)
+                    flat_grad, _ = gather()
                     opt_cond = flat_grad.max_abs <= tolerance_grad
                     ls_func_evals = 1
 

@@ -25,37 +25,111 @@ namespace {
 
 // NOTE: [Deterministic reductions]
 // A dot, sum or maximum over the flat vector is taken over fixed blocks of kBlock elements;
-// within a block, kLanes interleaved partial sums (which the compiler can keep in vector
-// registers without reassociating anything, as we build with -ffp-contract=off and no
-// fast-math) are added in a fixed tree; the block results are then added in block order on
-// one thread. So the result does not depend on the number of threads. It is not torch's
-// (a BLAS dot, whose order is its own): dots differ from torch's by a few ulps, which in fp64
-// moves the iterates by ~1e-15 relative. fp32 vectors are summed in double.
+// within a block, lane k (of kLanes) accumulates elements k, k + kLanes, k + 2 kLanes, ... in
+// order, and the lanes are added in a fixed tree; the block results are then added in block
+// order on one thread. So the result does not depend on the number of threads. It is not
+// torch's (a BLAS dot, whose order is its own): dots differ from torch's by a few ulps, which
+// in fp64 moves the iterates by ~1e-15 relative. fp32 vectors are summed in double.
 constexpr int64_t kBlock = 8192;
 constexpr int kLanes = 8;
 // At least 4 blocks (32,768 elements, the grain of the other sweeps) per thread.
 constexpr int64_t kGrainBlocks = 4;
 static_assert(kBlock % kLanes == 0, "a block must hold whole lane groups");
 
-struct Lanes {
-  double v[kLanes] = {};
-  double sum() const { return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])); }
+// NOTE: [Packs]
+// The loops work on kLanes elements at a time held in a Pack: native 16-byte vectors (GCC/Clang
+// vector extensions, SSE2 on the baseline x86-64 build, NEON on arm64), elementwise in the
+// flat dtype, with no reassociation or contraction (-ffp-contract=off). Written out like this
+// because GCC's auto-vectorization of the equivalent scalar loops was unreliable: it
+// vectorized across lane groups with shuffles and spills and ran 5x slower.
+typedef double F64x2 __attribute__((vector_size(16)));
+typedef float F32x4 __attribute__((vector_size(16)));
+typedef double F64x2Unaligned __attribute__((vector_size(16), aligned(1), may_alias));
+typedef float F32x4Unaligned __attribute__((vector_size(16), aligned(1), may_alias));
+
+template <typename T>
+struct NativeVector;
+template <>
+struct NativeVector<double> {
+  typedef F64x2 type;
+  typedef F64x2Unaligned unaligned;
+};
+template <>
+struct NativeVector<float> {
+  typedef F32x4 type;
+  typedef F32x4Unaligned unaligned;
 };
 
-// max(|x|) that propagates NaN as torch.max does: once NaN, always NaN.
-inline double nan_max(double m, double a) { return (a > m || a != a) ? a : m; }
+template <typename T>
+struct Pack {
+  typedef typename NativeVector<T>::type V;
+  typedef typename NativeVector<T>::unaligned Unaligned;
+  static constexpr int kPer = sizeof(V) / sizeof(T);
+  static constexpr int kParts = kLanes / kPer;
+  V part[kParts];
 
-struct LaneMax {
-  double v[kLanes] = {};
-  double max() const {
-    double m = v[0];
-    for (int k = 1; k < kLanes; ++k) m = nan_max(m, v[k]);
-    return m;
+  static Pack load(const T* p) {
+    Pack r;
+    for (int i = 0; i < kParts; ++i) r.part[i] = *reinterpret_cast<const Unaligned*>(p + i * kPer);
+    return r;
   }
+  void store(T* p) const {
+    for (int i = 0; i < kParts; ++i) *reinterpret_cast<Unaligned*>(p + i * kPer) = part[i];
+  }
+  template <typename Op>
+  static Pack map(const Pack& a, const Pack& b, Op op) {
+    Pack r;
+    for (int i = 0; i < kParts; ++i) r.part[i] = op(a.part[i], b.part[i]);
+    return r;
+  }
+  friend Pack operator+(const Pack& a, const Pack& b) { return map(a, b, [](V x, V y) { return x + y; }); }
+  friend Pack operator-(const Pack& a, const Pack& b) { return map(a, b, [](V x, V y) { return x - y; }); }
+  friend Pack operator*(const Pack& a, const Pack& b) { return map(a, b, [](V x, V y) { return x * y; }); }
+  friend Pack operator*(const Pack& a, T b) { return map(a, a, [b](V x, V) { return x * b; }); }
+  friend Pack operator*(T a, const Pack& b) { return map(b, b, [a](V x, V) { return a * x; }); }
+  friend Pack operator-(const Pack& a) { return map(a, a, [](V x, V) { return -x; }); }
+  double lane(int k) const { return part[k / kPer][k % kPer]; }
 };
+
+// kLanes doubles: the accumulators.
+typedef Pack<double> Wide;
+
+inline Wide widen(const Pack<double>& v) { return v; }
+inline Wide widen(const Pack<float>& v) {
+  typedef float F32x2 __attribute__((vector_size(8)));
+  Wide r;
+  for (int i = 0; i < Pack<float>::kParts; ++i) {
+    const F32x2 low = __builtin_shufflevector(v.part[i], v.part[i], 0, 1);
+    const F32x2 high = __builtin_shufflevector(v.part[i], v.part[i], 2, 3);
+    r.part[2 * i] = __builtin_convertvector(low, F64x2);
+    r.part[2 * i + 1] = __builtin_convertvector(high, F64x2);
+  }
+  return r;
+}
+
+inline Wide abs(const Wide& v) {
+  return Wide::map(v, v, [](F64x2 x, F64x2) { return x < 0 ? -x : x; });
+}
+
+// max that propagates NaN as torch.max does: once NaN, always NaN.
+inline double nan_max(double m, double a) { return (a > m || a != a) ? a : m; }
+inline Wide nan_max(const Wide& m, const Wide& a) {
+  return Wide::map(m, a, [](F64x2 x, F64x2 y) { return ((y > x) | (y != y)) ? y : x; });
+}
+
+inline double lane_sum(const Wide& v) {
+  return ((v.lane(0) + v.lane(1)) + (v.lane(2) + v.lane(3))) + ((v.lane(4) + v.lane(5)) + (v.lane(6) + v.lane(7)));
+}
+inline double lane_max(const Wide& v) {
+  double m = v.lane(0);
+  for (int k = 1; k < kLanes; ++k) m = nan_max(m, v.lane(k));
+  return m;
+}
+inline void add_to_lane(Wide& v, int k, double x) { v.part[k / 2][k % 2] += x; }
+inline void max_into_lane(Wide& v, int k, double x) { v.part[k / 2][k % 2] = nan_max(v.part[k / 2][k % 2], x); }
 
 // What a pass reduces: its meaning is given by each pass (a dot, a second dot or a sum of
-// absolute values, the largest absolute value written).
+// absolute values, the largest absolute value).
 struct Reduction {
   double sum0 = 0.0;
   double sum1 = 0.0;
@@ -89,42 +163,68 @@ void for_blocks(int64_t n, const Block& block) {
   });
 }
 
-// The elementwise pass every two-loop step is made of: out[j] = value(j) for j in
-// [begin, end), returning sum0 = sum_j weight[j] * out[j] and, if kMax, max_abs = max_j |out[j]|.
-// `value` may read out[j] (in-place updates): each lane group loads everything before it
-// stores, so the compiler may vectorize without proving that the arrays don't overlap.
-template <bool kMax, typename T, typename Value>
-Reduction write_dot_range(int64_t begin, int64_t end, T* out, const T* weight, const Value& value) {
-  Lanes dot;
-  LaneMax max;
+// The pass every two-loop step is made of: out[j] = f(out[j], x[j]) for j in [begin, end)
+// (without reading out[j] unless kReadsOut), returning sum0 = sum_j w[j] * out[j] and, if
+// kMax, max_abs = max_j |out[j]|. `f` is generic: it runs on Packs and, for the tail, on T.
+template <bool kReadsOut, bool kMax, typename T, typename F>
+Reduction update_dot_range(int64_t begin, int64_t end, T* out, const T* x, const T* w, F f) {
+  Wide dot{}, max{};
   int64_t j = begin;
   for (; j + kLanes <= end; j += kLanes) {
-    T v[kLanes], w[kLanes];
-    for (int k = 0; k < kLanes; ++k) {
-      v[k] = value(j + k);
-      w[k] = weight[j + k];
-    }
-    for (int k = 0; k < kLanes; ++k) out[j + k] = v[k];
-    for (int k = 0; k < kLanes; ++k) dot.v[k] += static_cast<double>(w[k]) * static_cast<double>(v[k]);
-    if (kMax)
-      for (int k = 0; k < kLanes; ++k) max.v[k] = nan_max(max.v[k], std::abs(static_cast<double>(v[k])));
+    const Pack<T> v = f(kReadsOut ? Pack<T>::load(out + j) : Pack<T>{}, Pack<T>::load(x + j));
+    v.store(out + j);
+    const Wide wide = widen(v);
+    dot = dot + widen(Pack<T>::load(w + j)) * wide;
+    if (kMax) max = nan_max(max, abs(wide));
   }
   for (int k = 0; j < end; ++j, ++k) {
-    const T v = value(j);
-    const T w = weight[j];
+    const T v = f(kReadsOut ? out[j] : T(0), x[j]);
     out[j] = v;
-    dot.v[k] += static_cast<double>(w) * static_cast<double>(v);
-    if (kMax) max.v[k] = nan_max(max.v[k], std::abs(static_cast<double>(v)));
+    add_to_lane(dot, k, static_cast<double>(w[j]) * static_cast<double>(v));
+    if (kMax) max_into_lane(max, k, std::abs(static_cast<double>(v)));
   }
   Reduction r;
-  r.sum0 = dot.sum();
-  if (kMax) r.max_abs = max.max();
+  r.sum0 = lane_sum(dot);
+  if (kMax) r.max_abs = lane_max(max);
   return r;
 }
 
-template <bool kMax, typename T, typename Value>
-Reduction write_dot(int64_t n, T* out, const T* weight, const Value& value) {
-  return reduce_blocks(n, [&](int64_t begin, int64_t end) { return write_dot_range<kMax>(begin, end, out, weight, value); });
+template <bool kReadsOut, bool kMax, typename T, typename F>
+Reduction update_dot(int64_t n, T* out, const T* x, const T* w, F f) {
+  return reduce_blocks(n, [&](int64_t begin, int64_t end) {
+    return update_dot_range<kReadsOut, kMax>(begin, end, out, x, w, f);
+  });
+}
+
+// Reads v[begin, end): sum0 = sum_j v[j] * w[j] if kDot, sum1 = sum_j |v[j]| if kAbsSum, and
+// max_abs = max_j |v[j]|.
+template <bool kDot, bool kAbsSum, typename T>
+Reduction inspect_range(int64_t begin, int64_t end, const T* v, const T* w) {
+  Wide dot{}, abs_sum{}, max{};
+  int64_t j = begin;
+  for (; j + kLanes <= end; j += kLanes) {
+    const Wide wide = widen(Pack<T>::load(v + j));
+    const Wide magnitude = abs(wide);
+    if (kDot) dot = dot + wide * widen(Pack<T>::load(w + j));
+    if (kAbsSum) abs_sum = abs_sum + magnitude;
+    max = nan_max(max, magnitude);
+  }
+  for (int k = 0; j < end; ++j, ++k) {
+    const double value = static_cast<double>(v[j]);
+    if (kDot) add_to_lane(dot, k, value * static_cast<double>(w[j]));
+    if (kAbsSum) add_to_lane(abs_sum, k, std::abs(value));
+    max_into_lane(max, k, std::abs(value));
+  }
+  Reduction r;
+  if (kDot) r.sum0 = lane_sum(dot);
+  if (kAbsSum) r.sum1 = lane_sum(abs_sum);
+  r.max_abs = lane_max(max);
+  return r;
+}
+
+template <typename T>
+Reduction inspect_range(int64_t begin, int64_t end, const T* v, const T* w) {
+  return w != nullptr ? inspect_range<true, false>(begin, end, v, w) : inspect_range<false, false>(begin, end, v, w);
 }
 
 // ---- checks -------------------------------------------------------------------------------
@@ -218,11 +318,12 @@ class FlatParams {
 
   int64_t numel() const { return offsets_.back(); }
 
-  // Copies the grads into a new flat vector (zeros for a param without grad) and returns it
-  // with max |g| and, if `direction` is given, g . direction. Nullopt if a grad can't be read
-  // as it is (sparse, strided, another dtype or size): the caller then gathers as torch does.
+  // Copies the grads into `out` or a new flat vector (zeros for a param without grad) and
+  // returns it with max |g| and, if `direction` is given, g . direction. Nullopt if a grad
+  // can't be read as it is (sparse, strided, another dtype or size): the caller then gathers
+  // as torch does.
   std::optional<std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>>> gather_grads(
-      const std::optional<at::Tensor>& direction) {
+      const std::optional<at::Tensor>& direction, const std::optional<at::Tensor>& out_buffer) {
     refresh();
     std::vector<const void*> grads(params_.size(), nullptr);
     for (size_t i = 0; i < params_.size(); ++i) {
@@ -234,7 +335,7 @@ class FlatParams {
       grads[i] = grad.const_data_ptr();
     }
     if (direction) check_flat(*direction, "the direction", dtype_, numel());
-    at::Tensor out = at::empty({numel()}, at::TensorOptions().dtype(dtype_));
+    at::Tensor out = flat_output(out_buffer);
     Reduction r;
     {
       py::gil_scoped_release no_gil;
@@ -243,8 +344,6 @@ class FlatParams {
         T* dst = out.data_ptr<T>();
         const T* dir = direction ? direction->const_data_ptr<T>() : nullptr;
         return reduce_blocks(numel(), [&](int64_t begin, int64_t end) {
-          Lanes dot;
-          LaneMax max;
           for_segments(begin, end, [&](size_t i, int64_t lo, int64_t hi) {
             if (grads[i] == nullptr) {
               std::fill(dst + lo, dst + hi, T(0));
@@ -252,21 +351,8 @@ class FlatParams {
               std::memcpy(dst + lo, static_cast<const T*>(grads[i]) + (lo - offsets_[i]), (hi - lo) * sizeof(T));
             }
           });
-          // Reduce the block just copied (still in cache); no stores, so this vectorizes.
-          int64_t j = begin;
-          for (; j + kLanes <= end; j += kLanes)
-            for (int k = 0; k < kLanes; ++k) {
-              if (dir) dot.v[k] += static_cast<double>(dst[j + k]) * static_cast<double>(dir[j + k]);
-              max.v[k] = nan_max(max.v[k], std::abs(static_cast<double>(dst[j + k])));
-            }
-          for (int k = 0; j < end; ++j, ++k) {
-            if (dir) dot.v[k] += static_cast<double>(dst[j]) * static_cast<double>(dir[j]);
-            max.v[k] = nan_max(max.v[k], std::abs(static_cast<double>(dst[j])));
-          }
-          Reduction block;
-          block.sum0 = dot.sum();
-          block.max_abs = max.max();
-          return block;
+          // Reduce the block just copied, still in cache.
+          return inspect_range(begin, end, static_cast<const T*>(dst), dir);
         });
       });
     }
@@ -275,10 +361,10 @@ class FlatParams {
     return std::make_tuple(out, scalar_of(r.max_abs, dtype_), dot);
   }
 
-  // The params as a new flat vector (torch's _clone_param, flat).
-  at::Tensor gather_params() {
+  // The params copied into `out` or a new flat vector (torch's _clone_param, flat).
+  at::Tensor gather_params(const std::optional<at::Tensor>& out_buffer) {
     refresh();
-    at::Tensor out = at::empty({numel()}, at::TensorOptions().dtype(dtype_));
+    at::Tensor out = flat_output(out_buffer);
     py::gil_scoped_release no_gil;
     dispatch_flat(dtype_, [&](auto zero) {
       using T = decltype(zero);
@@ -308,9 +394,13 @@ class FlatParams {
         const T* from = origin ? origin->const_data_ptr<T>() : nullptr;
         for_blocks(numel(), [&](int64_t begin, int64_t end) {
           for_segments(begin, end, [&](size_t i, int64_t lo, int64_t hi) {
-            T* p = static_cast<T*>(data_[i]) - offsets_[i];  // indexed by the flat position
-            const T* base = from != nullptr ? from : p;
-            for (int64_t j = lo; j < hi; ++j) p[j] = base[j] + step * dir[j];
+            T* p = static_cast<T*>(data_[i]) + (lo - offsets_[i]);
+            const T* base = from != nullptr ? from + lo : p;
+            const T* d = dir + lo;
+            const int64_t n = hi - lo;
+            int64_t j = 0;
+            for (; j + kLanes <= n; j += kLanes) (Pack<T>::load(base + j) + step * Pack<T>::load(d + j)).store(p + j);
+            for (; j < n; ++j) p[j] = base[j] + step * d[j];
           });
         });
         return 0;
@@ -322,6 +412,12 @@ class FlatParams {
  private:
   FlatParams(std::vector<at::Tensor> params, std::vector<int64_t> offsets, at::ScalarType dtype)
       : params_(std::move(params)), offsets_(std::move(offsets)), dtype_(dtype), data_(params_.size()) {}
+
+  at::Tensor flat_output(const std::optional<at::Tensor>& buffer) const {
+    if (!buffer) return at::empty({numel()}, at::TensorOptions().dtype(dtype_));
+    check_flat(*buffer, "an output buffer", dtype_, numel());
+    return *buffer;
+  }
 
   void refresh() {
     for (size_t i = 0; i < params_.size(); ++i) {
@@ -363,22 +459,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> first_direction(const
     dispatch_flat(grad.scalar_type(), [&](auto zero) {
       using T = decltype(zero);
       const T* g = grad.const_data_ptr<T>();
-      r = write_dot<true>(grad.numel(), d.data_ptr<T>(), g, [&](int64_t j) { return T(-g[j]); });
+      r = update_dot<false, true>(grad.numel(), d.data_ptr<T>(), g, g, [](auto, auto x) { return -x; });
       abs_sum = reduce_blocks(grad.numel(), [&](int64_t begin, int64_t end) {
-        Lanes sum;
-        int64_t j = begin;
-        for (; j + kLanes <= end; j += kLanes)
-          for (int k = 0; k < kLanes; ++k) sum.v[k] += std::abs(static_cast<double>(g[j + k]));
-        for (int k = 0; j < end; ++j, ++k) sum.v[k] += std::abs(static_cast<double>(g[j]));
-        Reduction block;
-        block.sum0 = sum.sum();
-        return block;
+        return inspect_range<false, true>(begin, end, g, static_cast<const T*>(nullptr));
       });
       return 0;
     });
   }
   const at::ScalarType dtype = grad.scalar_type();
-  return {d, scalar_of(r.sum0, dtype), scalar_of(abs_sum.sum0, dtype), scalar_of(r.max_abs, dtype)};
+  return {d, scalar_of(r.sum0, dtype), scalar_of(abs_sum.sum1, dtype), scalar_of(r.max_abs, dtype)};
 }
 
 // The memory update: y = g - prev_g and s = t * d as new vectors, with y . s and y . y; and
@@ -402,36 +491,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> update_memory(const a
       T* y_out = y.data_ptr<T>();
       T* s_out = s.data_ptr<T>();
       r = reduce_blocks(grad.numel(), [&](int64_t begin, int64_t end) {
-        Lanes ys, yy;
+        Wide ys{}, yy{};
         int64_t j = begin;
         for (; j + kLanes <= end; j += kLanes) {
-          T gv[kLanes], yv[kLanes], sv[kLanes];
-          for (int k = 0; k < kLanes; ++k) {
-            gv[k] = g[j + k];
-            yv[k] = gv[k] - prev[j + k];
-            sv[k] = d[j + k] * step;
-          }
-          for (int k = 0; k < kLanes; ++k) {
-            y_out[j + k] = yv[k];
-            s_out[j + k] = sv[k];
-            prev[j + k] = gv[k];
-          }
-          for (int k = 0; k < kLanes; ++k) {
-            ys.v[k] += static_cast<double>(yv[k]) * static_cast<double>(sv[k]);
-            yy.v[k] += static_cast<double>(yv[k]) * static_cast<double>(yv[k]);
-          }
+          const Pack<T> gv = Pack<T>::load(g + j);
+          const Pack<T> yv = gv - Pack<T>::load(prev + j);
+          const Pack<T> sv = Pack<T>::load(d + j) * step;
+          yv.store(y_out + j);
+          sv.store(s_out + j);
+          gv.store(prev + j);
+          const Wide yw = widen(yv);
+          ys = ys + yw * widen(sv);
+          yy = yy + yw * yw;
         }
         for (int k = 0; j < end; ++j, ++k) {
           const T gv = g[j], yv = gv - prev[j], sv = d[j] * step;
           y_out[j] = yv;
           s_out[j] = sv;
           prev[j] = gv;
-          ys.v[k] += static_cast<double>(yv) * static_cast<double>(sv);
-          yy.v[k] += static_cast<double>(yv) * static_cast<double>(yv);
+          add_to_lane(ys, k, static_cast<double>(yv) * static_cast<double>(sv));
+          add_to_lane(yy, k, static_cast<double>(yv) * static_cast<double>(yv));
         }
         Reduction block;
-        block.sum0 = ys.sum();
-        block.sum1 = yy.sum();
+        block.sum0 = lane_sum(ys);
+        block.sum1 = lane_sum(yy);
         return block;
       });
       return 0;
@@ -463,40 +546,37 @@ Reduction two_loop_passes(const at::Tensor& grad, const std::vector<const T*>& d
   const int64_t n = grad.numel();
   const int64_t m = static_cast<int64_t>(dirs.size());
   const T* g = grad.const_data_ptr<T>();
-  if (m == 0)
-    return write_dot<true>(n, r, g, [&](int64_t j) { return T(T(-g[j]) * h_diag); });
+  if (m == 0) return update_dot<false, true>(n, r, g, g, [h_diag](auto, auto x) { return -x * h_diag; });
 
-  Reduction pass = write_dot<false>(n, r, stps[m - 1], [&](int64_t j) { return T(-g[j]); });
+  Reduction pass = update_dot<false, false>(n, r, g, stps[m - 1], [](auto, auto x) { return -x; });
   for (int64_t i = m - 1; i >= 1; --i) {
     al[i] = static_cast<T>(pass.sum0) * ro[i];
     const T alpha = -al[i];
-    const T* y = dirs[i];
-    pass = write_dot<false>(n, r, stps[i - 1], [&](int64_t j) { return T(r[j] + alpha * y[j]); });
+    pass = update_dot<true, false>(n, r, dirs[i], stps[i - 1], [alpha](auto q, auto y) { return q + alpha * y; });
   }
   al[0] = static_cast<T>(pass.sum0) * ro[0];
-  {
-    const T alpha = -al[0];
-    const T* y = dirs[0];
-    pass = write_dot<false>(n, r, dirs[0], [&](int64_t j) { return T(T(r[j] + alpha * y[j]) * h_diag); });
-  }
+  const T alpha = -al[0];
+  pass = update_dot<true, false>(n, r, dirs[0], dirs[0],
+                                 [alpha, h_diag](auto q, auto y) { return (q + alpha * y) * h_diag; });
   for (int64_t i = 0; i < m; ++i) {
     const T be = static_cast<T>(pass.sum0) * ro[i];
     const T coef = al[i] - be;
-    const T* s = stps[i];
+    const auto update = [coef](auto r, auto s) { return r + coef * s; };
     if (i + 1 < m)
-      pass = write_dot<false>(n, r, dirs[i + 1], [&](int64_t j) { return T(r[j] + coef * s[j]); });
+      pass = update_dot<true, false>(n, r, stps[i], dirs[i + 1], update);
     else
-      pass = write_dot<true>(n, r, g, [&](int64_t j) { return T(r[j] + coef * s[j]); });
+      pass = update_dot<true, true>(n, r, stps[i], g, update);
   }
   return pass;
 }
 
-// Returns (d, al[0..m-1] as one vector, g . d, max |d|).
+// Returns (d, al[0..m-1] as one vector, g . d, max |d|); d is written into `out` if given
+// (it must not be one of the inputs).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> two_loop(const at::Tensor& grad,
                                                                      const std::vector<at::Tensor>& old_dirs,
                                                                      const std::vector<at::Tensor>& old_stps,
-                                                                     const std::vector<at::Tensor>& ro,
-                                                                     double h_diag) {
+                                                                     const std::vector<at::Tensor>& ro, double h_diag,
+                                                                     const std::optional<at::Tensor>& out) {
   check_flat_grad(grad);
   const size_t m = old_dirs.size();
   TORCH_CHECK(old_stps.size() == m && ro.size() == m,
@@ -506,7 +586,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> two_loop(const at::Te
     check_same_flat(old_stps[i], "each of old_stps", grad);
   }
   const at::ScalarType dtype = grad.scalar_type();
-  at::Tensor d = at::empty_like(grad);
+  at::Tensor d = out ? *out : at::empty_like(grad);
+  if (out) {
+    check_same_flat(d, "the output direction", grad);
+    bool aliased = d.is_same(grad);
+    for (size_t i = 0; i < m; ++i) aliased |= d.is_same(old_dirs[i]) || d.is_same(old_stps[i]);
+    TORCH_CHECK(!aliased, "fusedoptim.LBFGS: the output direction must not be an input of the two-loop");
+  }
   at::Tensor al = at::empty({static_cast<int64_t>(m)}, grad.options());
   Reduction last;
   dispatch_flat(dtype, [&](auto zero) {
@@ -538,24 +624,7 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> max_abs_and_dot(const at::Tens
       using T = decltype(zero);
       const T* x = v.const_data_ptr<T>();
       const T* dir = direction ? direction->const_data_ptr<T>() : nullptr;
-      r = reduce_blocks(v.numel(), [&](int64_t begin, int64_t end) {
-        Lanes dot;
-        LaneMax max;
-        int64_t j = begin;
-        for (; j + kLanes <= end; j += kLanes)
-          for (int k = 0; k < kLanes; ++k) {
-            if (dir) dot.v[k] += static_cast<double>(x[j + k]) * static_cast<double>(dir[j + k]);
-            max.v[k] = nan_max(max.v[k], std::abs(static_cast<double>(x[j + k])));
-          }
-        for (int k = 0; j < end; ++j, ++k) {
-          if (dir) dot.v[k] += static_cast<double>(x[j]) * static_cast<double>(dir[j]);
-          max.v[k] = nan_max(max.v[k], std::abs(static_cast<double>(x[j])));
-        }
-        Reduction block;
-        block.sum0 = dot.sum();
-        block.max_abs = max.max();
-        return block;
-      });
+      r = reduce_blocks(v.numel(), [&](int64_t begin, int64_t end) { return inspect_range(begin, end, x, dir); });
       return 0;
     });
   }
@@ -573,13 +642,13 @@ void register_lbfgs(py::module_& m) {
   py::class_<FlatParams>(sub, "FlatParams")
       .def_static("of", &FlatParams::of, py::arg("params"))
       .def_property_readonly("numel", &FlatParams::numel)
-      .def("gather_grads", &FlatParams::gather_grads, py::arg("direction") = py::none())
-      .def("gather_params", &FlatParams::gather_params)
+      .def("gather_grads", &FlatParams::gather_grads, py::arg("direction") = py::none(), py::arg("out") = py::none())
+      .def("gather_params", &FlatParams::gather_params, py::arg("out") = py::none())
       .def("add_step", &FlatParams::add_step, py::arg("origin"), py::arg("t"), py::arg("direction"));
   sub.def("first_direction", &first_direction, py::arg("grad"));
   sub.def("update_memory", &update_memory, py::arg("grad"), py::arg("prev_grad"), py::arg("direction"), py::arg("t"));
   sub.def("two_loop", &two_loop, py::arg("grad"), py::arg("old_dirs"), py::arg("old_stps"), py::arg("ro"),
-          py::arg("h_diag"));
+          py::arg("h_diag"), py::arg("out") = py::none());
   sub.def("max_abs_and_dot", &max_abs_and_dot, py::arg("v"), py::arg("direction") = py::none());
 }
 

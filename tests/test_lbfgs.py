@@ -210,6 +210,16 @@ def test_fp64_result_does_not_depend_on_the_number_of_threads():
         torch.testing.assert_close(a, b.detach(), **FP64_TOL)
 
 
+def test_every_cpu_capability_gives_the_same_bits(isa):
+    # The baseline and AVX2 builds of the passes keep the same lanes in the same order.
+    values = initial_values(torch.float32, shapes=[(40_001,), (9,), (24_000,)])
+    opt, params, _ = run(fusedoptim.LBFGS, values, 2, line_search_fn="strong_wolfe", max_iter=5)
+    fusedoptim.set_cpu_capability("scalar")
+    reference, params_ref, _ = run(fusedoptim.LBFGS, values, 2, line_search_fn="strong_wolfe", max_iter=5)
+    for a, b in zip(params + [opt.state[params[0]]["d"]], params_ref + [reference.state[params_ref[0]]["d"]]):
+        assert torch.equal(a, b)
+
+
 def test_tensor_lr():
     values = initial_values(torch.float64)
     torch_opt, params_t, _ = run(torch.optim.LBFGS, values, 2, lr=torch.tensor([0.5], dtype=torch.float64), max_iter=5)

@@ -4,10 +4,11 @@
 // hands each pass over the N-element flat vector to this file: reading the params' grads into
 // one flat vector, writing a trial point into the params, the memory update and the two-loop
 // recursion. Each pass is one at::parallel_for that also computes the dots, sums and maxima
-// the Python side asks for next, so no vector is read twice where torch reads it twice.
-// Exposed as fusedoptim._C.lbfgs by register_lbfgs().
+// the Python side asks for next. The passes themselves are in lbfgs_passes.h; this file checks
+// and unpacks tensors, picks the instruction set, and registers fusedoptim._C.lbfgs.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <optional>
 #include <tuple>
@@ -15,6 +16,8 @@
 
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
+
+#include "cpu/dispatch.h"
 
 namespace py = pybind11;
 
@@ -27,106 +30,18 @@ namespace {
 // A dot, sum or maximum over the flat vector is taken over fixed blocks of kBlock elements;
 // within a block, lane k (of kLanes) accumulates elements k, k + kLanes, k + 2 kLanes, ... in
 // order, and the lanes are added in a fixed tree; the block results are then added in block
-// order on one thread. So the result does not depend on the number of threads. It is not
-// torch's (a BLAS dot, whose order is its own): dots differ from torch's by a few ulps, which
-// in fp64 moves the iterates by ~1e-15 relative. fp32 vectors are summed in double.
+// order on one thread. So the result depends neither on the number of threads nor on the
+// instruction set. It is not torch's (a BLAS dot, whose order is its own): dots differ from
+// torch's by a few ulps, which in fp64 moves the iterates by ~1e-15 relative. fp32 vectors
+// are summed in double.
 constexpr int64_t kBlock = 8192;
 constexpr int kLanes = 8;
 // At least 4 blocks (32,768 elements, the grain of the other sweeps) per thread.
 constexpr int64_t kGrainBlocks = 4;
 static_assert(kBlock % kLanes == 0, "a block must hold whole lane groups");
 
-// NOTE: [Packs]
-// The loops work on kLanes elements at a time held in a Pack: native 16-byte vectors (GCC/Clang
-// vector extensions, SSE2 on the baseline x86-64 build, NEON on arm64), elementwise in the
-// flat dtype, with no reassociation or contraction (-ffp-contract=off). Written out like this
-// because GCC's auto-vectorization of the equivalent scalar loops was unreliable: it
-// vectorized across lane groups with shuffles and spills and ran 5x slower.
-typedef double F64x2 __attribute__((vector_size(16)));
-typedef float F32x4 __attribute__((vector_size(16)));
-typedef double F64x2Unaligned __attribute__((vector_size(16), aligned(1), may_alias));
-typedef float F32x4Unaligned __attribute__((vector_size(16), aligned(1), may_alias));
-
-template <typename T>
-struct NativeVector;
-template <>
-struct NativeVector<double> {
-  typedef F64x2 type;
-  typedef F64x2Unaligned unaligned;
-};
-template <>
-struct NativeVector<float> {
-  typedef F32x4 type;
-  typedef F32x4Unaligned unaligned;
-};
-
-template <typename T>
-struct Pack {
-  typedef typename NativeVector<T>::type V;
-  typedef typename NativeVector<T>::unaligned Unaligned;
-  static constexpr int kPer = sizeof(V) / sizeof(T);
-  static constexpr int kParts = kLanes / kPer;
-  V part[kParts];
-
-  static Pack load(const T* p) {
-    Pack r;
-    for (int i = 0; i < kParts; ++i) r.part[i] = *reinterpret_cast<const Unaligned*>(p + i * kPer);
-    return r;
-  }
-  void store(T* p) const {
-    for (int i = 0; i < kParts; ++i) *reinterpret_cast<Unaligned*>(p + i * kPer) = part[i];
-  }
-  template <typename Op>
-  static Pack map(const Pack& a, const Pack& b, Op op) {
-    Pack r;
-    for (int i = 0; i < kParts; ++i) r.part[i] = op(a.part[i], b.part[i]);
-    return r;
-  }
-  friend Pack operator+(const Pack& a, const Pack& b) { return map(a, b, [](V x, V y) { return x + y; }); }
-  friend Pack operator-(const Pack& a, const Pack& b) { return map(a, b, [](V x, V y) { return x - y; }); }
-  friend Pack operator*(const Pack& a, const Pack& b) { return map(a, b, [](V x, V y) { return x * y; }); }
-  friend Pack operator*(const Pack& a, T b) { return map(a, a, [b](V x, V) { return x * b; }); }
-  friend Pack operator*(T a, const Pack& b) { return map(b, b, [a](V x, V) { return a * x; }); }
-  friend Pack operator-(const Pack& a) { return map(a, a, [](V x, V) { return -x; }); }
-  double lane(int k) const { return part[k / kPer][k % kPer]; }
-};
-
-// kLanes doubles: the accumulators.
-typedef Pack<double> Wide;
-
-inline Wide widen(const Pack<double>& v) { return v; }
-inline Wide widen(const Pack<float>& v) {
-  typedef float F32x2 __attribute__((vector_size(8)));
-  Wide r;
-  for (int i = 0; i < Pack<float>::kParts; ++i) {
-    const F32x2 low = __builtin_shufflevector(v.part[i], v.part[i], 0, 1);
-    const F32x2 high = __builtin_shufflevector(v.part[i], v.part[i], 2, 3);
-    r.part[2 * i] = __builtin_convertvector(low, F64x2);
-    r.part[2 * i + 1] = __builtin_convertvector(high, F64x2);
-  }
-  return r;
-}
-
-inline Wide abs(const Wide& v) {
-  return Wide::map(v, v, [](F64x2 x, F64x2) { return x < 0 ? -x : x; });
-}
-
 // max that propagates NaN as torch.max does: once NaN, always NaN.
 inline double nan_max(double m, double a) { return (a > m || a != a) ? a : m; }
-inline Wide nan_max(const Wide& m, const Wide& a) {
-  return Wide::map(m, a, [](F64x2 x, F64x2 y) { return ((y > x) | (y != y)) ? y : x; });
-}
-
-inline double lane_sum(const Wide& v) {
-  return ((v.lane(0) + v.lane(1)) + (v.lane(2) + v.lane(3))) + ((v.lane(4) + v.lane(5)) + (v.lane(6) + v.lane(7)));
-}
-inline double lane_max(const Wide& v) {
-  double m = v.lane(0);
-  for (int k = 1; k < kLanes; ++k) m = nan_max(m, v.lane(k));
-  return m;
-}
-inline void add_to_lane(Wide& v, int k, double x) { v.part[k / 2][k % 2] += x; }
-inline void max_into_lane(Wide& v, int k, double x) { v.part[k / 2][k % 2] = nan_max(v.part[k / 2][k % 2], x); }
 
 // What a pass reduces: its meaning is given by each pass (a dot, a second dot or a sum of
 // absolute values, the largest absolute value).
@@ -163,68 +78,50 @@ void for_blocks(int64_t n, const Block& block) {
   });
 }
 
-// The pass every two-loop step is made of: out[j] = f(out[j], x[j]) for j in [begin, end)
-// (without reading out[j] unless kReadsOut), returning sum0 = sum_j w[j] * out[j] and, if
-// kMax, max_abs = max_j |out[j]|. `f` is generic: it runs on Packs and, for the tail, on T.
-template <bool kReadsOut, bool kMax, typename T, typename F>
-Reduction update_dot_range(int64_t begin, int64_t end, T* out, const T* x, const T* w, F f) {
-  Wide dot{}, max{};
-  int64_t j = begin;
-  for (; j + kLanes <= end; j += kLanes) {
-    const Pack<T> v = f(kReadsOut ? Pack<T>::load(out + j) : Pack<T>{}, Pack<T>::load(x + j));
-    v.store(out + j);
-    const Wide wide = widen(v);
-    dot = dot + widen(Pack<T>::load(w + j)) * wide;
-    if (kMax) max = nan_max(max, abs(wide));
-  }
-  for (int k = 0; j < end; ++j, ++k) {
-    const T v = f(kReadsOut ? out[j] : T(0), x[j]);
-    out[j] = v;
-    add_to_lane(dot, k, static_cast<double>(w[j]) * static_cast<double>(v));
-    if (kMax) max_into_lane(max, k, std::abs(static_cast<double>(v)));
-  }
-  Reduction r;
-  r.sum0 = lane_sum(dot);
-  if (kMax) r.max_abs = lane_max(max);
-  return r;
-}
+// NOTE: [Two builds of the passes]
+// lbfgs_passes.h is compiled twice: in namespace `baseline` with 16-byte vectors for the
+// build's own target (SSE2 on x86-64, NEON on arm64), and on x86-64 with GCC in namespace
+// `avx2` with 32-byte vectors under #pragma GCC target("avx2"), which applies to the functions
+// defined in that region only. The active CPU capability (fusedoptim.set_cpu_capability,
+// FUSEDOPTIM_CPU_CAPABILITY) picks one per pass: `scalar` takes the baseline, `avx2` and
+// `avx512` take avx2. Both keep the same lanes in the same order: their results are
+// bit-identical. With 2 threads on 1M elements the fp64 passes are bound by memory either
+// way; the fp32 ones (converted to double for the dots) and passes over cached vectors run
+// up to twice as fast with AVX2.
+namespace baseline {
+#define FO_LBFGS_VECTOR_BYTES 16
+#include "cpu/lbfgs_passes.h"
+#undef FO_LBFGS_VECTOR_BYTES
+}  // namespace baseline
 
-template <bool kReadsOut, bool kMax, typename T, typename F>
-Reduction update_dot(int64_t n, T* out, const T* x, const T* w, F f) {
-  return reduce_blocks(n, [&](int64_t begin, int64_t end) {
-    return update_dot_range<kReadsOut, kMax>(begin, end, out, x, w, f);
-  });
-}
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FO_LBFGS_HAVE_AVX2 1
+#pragma GCC push_options
+#pragma GCC target("avx2")
+// GCC notes that 32-byte vector returns have another ABI without AVX: these functions are
+// internal to this file, no such value crosses it.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+namespace avx2 {
+#define FO_LBFGS_VECTOR_BYTES 32
+#include "cpu/lbfgs_passes.h"
+#undef FO_LBFGS_VECTOR_BYTES
+}  // namespace avx2
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#endif
 
-// Reads v[begin, end): sum0 = sum_j v[j] * w[j] if kDot, sum1 = sum_j |v[j]| if kAbsSum, and
-// max_abs = max_j |v[j]|.
-template <bool kDot, bool kAbsSum, typename T>
-Reduction inspect_range(int64_t begin, int64_t end, const T* v, const T* w) {
-  Wide dot{}, abs_sum{}, max{};
-  int64_t j = begin;
-  for (; j + kLanes <= end; j += kLanes) {
-    const Wide wide = widen(Pack<T>::load(v + j));
-    const Wide magnitude = abs(wide);
-    if (kDot) dot = dot + wide * widen(Pack<T>::load(w + j));
-    if (kAbsSum) abs_sum = abs_sum + magnitude;
-    max = nan_max(max, magnitude);
-  }
-  for (int k = 0; j < end; ++j, ++k) {
-    const double value = static_cast<double>(v[j]);
-    if (kDot) add_to_lane(dot, k, value * static_cast<double>(w[j]));
-    if (kAbsSum) add_to_lane(abs_sum, k, std::abs(value));
-    max_into_lane(max, k, std::abs(value));
-  }
-  Reduction r;
-  if (kDot) r.sum0 = lane_sum(dot);
-  if (kAbsSum) r.sum1 = lane_sum(abs_sum);
-  r.max_abs = lane_max(max);
-  return r;
-}
-
-template <typename T>
-Reduction inspect_range(int64_t begin, int64_t end, const T* v, const T* w) {
-  return w != nullptr ? inspect_range<true, false>(begin, end, v, w) : inspect_range<false, false>(begin, end, v, w);
+// Calls fn(passes, T{}) with the Passes of the active instruction set and the flat dtype's T.
+template <typename Fn>
+Reduction run_passes(at::ScalarType dtype, const Fn& fn) {
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "fusedoptim.LBFGS: no fused kernel for ", dtype);
+  auto with_type = [&](auto passes) {
+    return dtype == at::kDouble ? fn(passes, double{}) : fn(passes, float{});
+  };
+#ifdef FO_LBFGS_HAVE_AVX2
+  if (active_capability() != CpuCapability::kScalar) return with_type(avx2::Passes{});
+#endif
+  return with_type(baseline::Passes{});
 }
 
 // ---- checks -------------------------------------------------------------------------------
@@ -269,11 +166,14 @@ double value_of(const at::Tensor& t) {
   return t.item<double>();
 }
 
-template <typename Fn>
-auto dispatch_flat(at::ScalarType dtype, const Fn& fn) {
-  if (dtype == at::kDouble) return fn(double{});
-  TORCH_CHECK(dtype == at::kFloat, "fusedoptim.LBFGS: no fused kernel for ", dtype);
-  return fn(float{});
+template <typename T>
+T* data_of(const at::Tensor& t) {
+  return static_cast<T*>(t.data_ptr());
+}
+
+template <typename T>
+const T* data_of(const std::optional<at::Tensor>& t) {
+  return t ? static_cast<const T*>(t->data_ptr()) : nullptr;
 }
 
 // ---- the params as one flat vector ------------------------------------------------------
@@ -339,21 +239,9 @@ class FlatParams {
     Reduction r;
     {
       py::gil_scoped_release no_gil;
-      r = dispatch_flat(dtype_, [&](auto zero) {
+      r = run_passes(dtype_, [&](auto passes, auto zero) {
         using T = decltype(zero);
-        T* dst = out.data_ptr<T>();
-        const T* dir = direction ? direction->const_data_ptr<T>() : nullptr;
-        return reduce_blocks(numel(), [&](int64_t begin, int64_t end) {
-          for_segments(begin, end, [&](size_t i, int64_t lo, int64_t hi) {
-            if (grads[i] == nullptr) {
-              std::fill(dst + lo, dst + hi, T(0));
-            } else {
-              std::memcpy(dst + lo, static_cast<const T*>(grads[i]) + (lo - offsets_[i]), (hi - lo) * sizeof(T));
-            }
-          });
-          // Reduce the block just copied, still in cache.
-          return inspect_range(begin, end, static_cast<const T*>(dst), dir);
-        });
+        return passes.gather_grads(offsets_.data(), count(), grads.data(), data_of<T>(out), data_of<T>(direction));
       });
     }
     std::optional<at::Tensor> dot;
@@ -366,15 +254,10 @@ class FlatParams {
     refresh();
     at::Tensor out = flat_output(out_buffer);
     py::gil_scoped_release no_gil;
-    dispatch_flat(dtype_, [&](auto zero) {
+    run_passes(dtype_, [&](auto passes, auto zero) {
       using T = decltype(zero);
-      T* dst = out.data_ptr<T>();
-      for_blocks(numel(), [&](int64_t begin, int64_t end) {
-        for_segments(begin, end, [&](size_t i, int64_t lo, int64_t hi) {
-          std::memcpy(dst + lo, static_cast<const T*>(data_[i]) + (lo - offsets_[i]), (hi - lo) * sizeof(T));
-        });
-      });
-      return 0;
+      passes.gather_params(offsets_.data(), count(), data_.data(), data_of<T>(out));
+      return Reduction{};
     });
     return out;
   }
@@ -387,23 +270,12 @@ class FlatParams {
     if (origin) check_flat(*origin, "the line search's origin", dtype_, numel());
     {
       py::gil_scoped_release no_gil;
-      dispatch_flat(dtype_, [&](auto zero) {
+      run_passes(dtype_, [&](auto passes, auto zero) {
         using T = decltype(zero);
-        const T step = static_cast<T>(t);  // torch casts a Python alpha to the param dtype
-        const T* dir = direction.const_data_ptr<T>();
-        const T* from = origin ? origin->const_data_ptr<T>() : nullptr;
-        for_blocks(numel(), [&](int64_t begin, int64_t end) {
-          for_segments(begin, end, [&](size_t i, int64_t lo, int64_t hi) {
-            T* p = static_cast<T*>(data_[i]) + (lo - offsets_[i]);
-            const T* base = from != nullptr ? from + lo : p;
-            const T* d = dir + lo;
-            const int64_t n = hi - lo;
-            int64_t j = 0;
-            for (; j + kLanes <= n; j += kLanes) (Pack<T>::load(base + j) + step * Pack<T>::load(d + j)).store(p + j);
-            for (; j < n; ++j) p[j] = base[j] + step * d[j];
-          });
-        });
-        return 0;
+        // torch casts a Python alpha to the param dtype
+        passes.add_step(offsets_.data(), count(), data_.data(), data_of<T>(origin), static_cast<T>(t),
+                        data_of<T>(direction));
+        return Reduction{};
       });
     }
     for (const at::Tensor& p : params_) p.unsafeGetTensorImpl()->bump_version();
@@ -412,6 +284,8 @@ class FlatParams {
  private:
   FlatParams(std::vector<at::Tensor> params, std::vector<int64_t> offsets, at::ScalarType dtype)
       : params_(std::move(params)), offsets_(std::move(offsets)), dtype_(dtype), data_(params_.size()) {}
+
+  int64_t count() const { return static_cast<int64_t>(params_.size()); }
 
   at::Tensor flat_output(const std::optional<at::Tensor>& buffer) const {
     if (!buffer) return at::empty({numel()}, at::TensorOptions().dtype(dtype_));
@@ -430,17 +304,6 @@ class FlatParams {
     }
   }
 
-  // Calls fn(i, lo, hi) for each param i holding part of the flat range [begin, end), with
-  // [lo, hi) that part in flat positions.
-  template <typename Fn>
-  void for_segments(int64_t begin, int64_t end, const Fn& fn) const {
-    size_t i = std::upper_bound(offsets_.begin(), offsets_.end(), begin) - offsets_.begin() - 1;
-    for (; i < params_.size() && offsets_[i] < end; ++i) {
-      const int64_t lo = std::max(begin, offsets_[i]), hi = std::min(end, offsets_[i + 1]);
-      if (lo < hi) fn(i, lo, hi);
-    }
-  }
-
   std::vector<at::Tensor> params_;
   std::vector<int64_t> offsets_;  // flat position of each param, and N at the end
   at::ScalarType dtype_;
@@ -453,21 +316,16 @@ class FlatParams {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> first_direction(const at::Tensor& grad) {
   check_flat_grad(grad);
   at::Tensor d = at::empty_like(grad);
-  Reduction r, abs_sum;
+  Reduction r;
   {
     py::gil_scoped_release no_gil;
-    dispatch_flat(grad.scalar_type(), [&](auto zero) {
+    r = run_passes(grad.scalar_type(), [&](auto passes, auto zero) {
       using T = decltype(zero);
-      const T* g = grad.const_data_ptr<T>();
-      r = update_dot<false, true>(grad.numel(), d.data_ptr<T>(), g, g, [](auto, auto x) { return -x; });
-      abs_sum = reduce_blocks(grad.numel(), [&](int64_t begin, int64_t end) {
-        return inspect_range<false, true>(begin, end, g, static_cast<const T*>(nullptr));
-      });
-      return 0;
+      return passes.first_direction(grad.numel(), data_of<T>(grad), data_of<T>(d));
     });
   }
   const at::ScalarType dtype = grad.scalar_type();
-  return {d, scalar_of(r.sum0, dtype), scalar_of(abs_sum.sum1, dtype), scalar_of(r.max_abs, dtype)};
+  return {d, scalar_of(r.sum0, dtype), scalar_of(r.sum1, dtype), scalar_of(r.max_abs, dtype)};
 }
 
 // The memory update: y = g - prev_g and s = t * d as new vectors, with y . s and y . y; and
@@ -482,42 +340,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> update_memory(const a
   Reduction r;
   {
     py::gil_scoped_release no_gil;
-    dispatch_flat(grad.scalar_type(), [&](auto zero) {
+    r = run_passes(grad.scalar_type(), [&](auto passes, auto zero) {
       using T = decltype(zero);
-      const T step = static_cast<T>(t);
-      const T* g = grad.const_data_ptr<T>();
-      const T* d = direction.const_data_ptr<T>();
-      T* prev = prev_grad.data_ptr<T>();
-      T* y_out = y.data_ptr<T>();
-      T* s_out = s.data_ptr<T>();
-      r = reduce_blocks(grad.numel(), [&](int64_t begin, int64_t end) {
-        Wide ys{}, yy{};
-        int64_t j = begin;
-        for (; j + kLanes <= end; j += kLanes) {
-          const Pack<T> gv = Pack<T>::load(g + j);
-          const Pack<T> yv = gv - Pack<T>::load(prev + j);
-          const Pack<T> sv = Pack<T>::load(d + j) * step;
-          yv.store(y_out + j);
-          sv.store(s_out + j);
-          gv.store(prev + j);
-          const Wide yw = widen(yv);
-          ys = ys + yw * widen(sv);
-          yy = yy + yw * yw;
-        }
-        for (int k = 0; j < end; ++j, ++k) {
-          const T gv = g[j], yv = gv - prev[j], sv = d[j] * step;
-          y_out[j] = yv;
-          s_out[j] = sv;
-          prev[j] = gv;
-          add_to_lane(ys, k, static_cast<double>(yv) * static_cast<double>(sv));
-          add_to_lane(yy, k, static_cast<double>(yv) * static_cast<double>(yv));
-        }
-        Reduction block;
-        block.sum0 = lane_sum(ys);
-        block.sum1 = lane_sum(yy);
-        return block;
-      });
-      return 0;
+      return passes.update_memory(grad.numel(), data_of<T>(grad), data_of<T>(prev_grad), data_of<T>(direction),
+                                  static_cast<T>(t), data_of<T>(y), data_of<T>(s));
     });
   }
   prev_grad.unsafeGetTensorImpl()->bump_version();
@@ -540,35 +366,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> update_memory(const a
 // 2m + 1 passes that each read two history vectors once; the last one also gives the g . d
 // and max |d| that torch computes with two more passes. The scalars (al, be, their products
 // with ro, H_diag) are rounded to the flat dtype at the same places as torch's 0-dim tensors.
-template <typename T>
-Reduction two_loop_passes(const at::Tensor& grad, const std::vector<const T*>& dirs, const std::vector<const T*>& stps,
-                          const std::vector<T>& ro, T h_diag, T* r, T* al) {
-  const int64_t n = grad.numel();
-  const int64_t m = static_cast<int64_t>(dirs.size());
-  const T* g = grad.const_data_ptr<T>();
-  if (m == 0) return update_dot<false, true>(n, r, g, g, [h_diag](auto, auto x) { return -x * h_diag; });
-
-  Reduction pass = update_dot<false, false>(n, r, g, stps[m - 1], [](auto, auto x) { return -x; });
-  for (int64_t i = m - 1; i >= 1; --i) {
-    al[i] = static_cast<T>(pass.sum0) * ro[i];
-    const T alpha = -al[i];
-    pass = update_dot<true, false>(n, r, dirs[i], stps[i - 1], [alpha](auto q, auto y) { return q + alpha * y; });
-  }
-  al[0] = static_cast<T>(pass.sum0) * ro[0];
-  const T alpha = -al[0];
-  pass = update_dot<true, false>(n, r, dirs[0], dirs[0],
-                                 [alpha, h_diag](auto q, auto y) { return (q + alpha * y) * h_diag; });
-  for (int64_t i = 0; i < m; ++i) {
-    const T be = static_cast<T>(pass.sum0) * ro[i];
-    const T coef = al[i] - be;
-    const auto update = [coef](auto r, auto s) { return r + coef * s; };
-    if (i + 1 < m)
-      pass = update_dot<true, false>(n, r, stps[i], dirs[i + 1], update);
-    else
-      pass = update_dot<true, true>(n, r, stps[i], g, update);
-  }
-  return pass;
-}
+// (Passes::two_loop in lbfgs_passes.h.)
 
 // Returns (d, al[0..m-1] as one vector, g . d, max |d|); d is written into `out` if given
 // (it must not be one of the inputs).
@@ -594,20 +392,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> two_loop(const at::Te
     TORCH_CHECK(!aliased, "fusedoptim.LBFGS: the output direction must not be an input of the two-loop");
   }
   at::Tensor al = at::empty({static_cast<int64_t>(m)}, grad.options());
+  std::vector<const void*> dirs(m), stps(m);
+  std::vector<double> ro_values(m);
+  for (size_t i = 0; i < m; ++i) {
+    dirs[i] = old_dirs[i].data_ptr();
+    stps[i] = old_stps[i].data_ptr();
+    ro_values[i] = value_of(ro[i]);
+  }
   Reduction last;
-  dispatch_flat(dtype, [&](auto zero) {
-    using T = decltype(zero);
-    std::vector<const T*> dirs, stps;
-    std::vector<T> ro_values;
-    for (size_t i = 0; i < m; ++i) {
-      dirs.push_back(old_dirs[i].const_data_ptr<T>());
-      stps.push_back(old_stps[i].const_data_ptr<T>());
-      ro_values.push_back(static_cast<T>(value_of(ro[i])));
-    }
+  {
     py::gil_scoped_release no_gil;
-    last = two_loop_passes<T>(grad, dirs, stps, ro_values, static_cast<T>(h_diag), d.data_ptr<T>(), al.data_ptr<T>());
-    return 0;
-  });
+    last = run_passes(dtype, [&](auto passes, auto zero) {
+      using T = decltype(zero);
+      std::vector<T> ro_t(ro_values.begin(), ro_values.end());
+      return passes.two_loop(grad.numel(), data_of<T>(grad), reinterpret_cast<const T* const*>(dirs.data()),
+                             reinterpret_cast<const T* const*>(stps.data()), ro_t.data(), static_cast<int64_t>(m),
+                             static_cast<T>(h_diag), data_of<T>(d), data_of<T>(al));
+    });
+  }
   return {d, al, scalar_of(last.sum0, dtype), scalar_of(last.max_abs, dtype)};
 }
 
@@ -620,12 +422,9 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> max_abs_and_dot(const at::Tens
   Reduction r;
   {
     py::gil_scoped_release no_gil;
-    dispatch_flat(v.scalar_type(), [&](auto zero) {
+    r = run_passes(v.scalar_type(), [&](auto passes, auto zero) {
       using T = decltype(zero);
-      const T* x = v.const_data_ptr<T>();
-      const T* dir = direction ? direction->const_data_ptr<T>() : nullptr;
-      r = reduce_blocks(v.numel(), [&](int64_t begin, int64_t end) { return inspect_range(begin, end, x, dir); });
-      return 0;
+      return passes.inspect(v.numel(), data_of<T>(v), data_of<T>(direction));
     });
   }
   std::optional<at::Tensor> dot;

@@ -392,10 +392,10 @@ def test_constructor_errors_are_torchs(make):
     assert_raises_like_torch(make, "LBFGS")
 
 
-def test_step_without_closure_raises_torchs_error():
+@pytest.mark.parametrize("call", [lambda opt: opt.step(), lambda opt: opt.step(None)], ids=["no-argument", "None"])
+def test_step_without_closure_raises_torchs_error(call):
     def make(cls):
-        opt = cls([torch.zeros(3, requires_grad=True)])
-        opt.step()
+        call(cls([torch.zeros(3, requires_grad=True)]))
 
     assert_raises_like_torch(make, "LBFGS")
 

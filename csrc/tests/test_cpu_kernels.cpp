@@ -487,6 +487,12 @@ void check_lamb_moments(CpuCapability isa, const char* dn) {
         if (!h.decoupled_weight_decay && h.weight_decay != 0) g = g + h.weight_decay * p;
         m = m * h.beta1 + (h.grad_averaging ? 1.0 - h.beta1 : 1.0) * g;
         vv = vv * h.beta2 + (1.0 - h.beta2) * g * g;
+        // The sums are of the update made from the moments as stored (rounded to T), which is
+        // what the apply pass recomputes; fp32/fp64 storage keeps them to within rounding.
+        if (sizeof(T) == 2) {
+          m = scalar.get(2, t, i);
+          vv = scalar.get(3, t, i);
+        }
         double u = (m / e.coef[0]) / (std::sqrt(vv / e.coef[1]) + h.eps);
         if (h.decoupled_weight_decay && h.weight_decay != 0) u = u + h.weight_decay * p;
         expected[2 * s] += p * p;

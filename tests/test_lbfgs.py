@@ -7,14 +7,20 @@ dots are not BLAS's) stay far below the 1e-10 tolerance over several steps.
 """
 
 import copy
+import importlib
 import inspect
 import io
+import math
+import random
 
 import pytest
 import torch
 
 import fusedoptim
+import fusedoptim.lbfgs
 from helpers import assert_raises_like_torch
+
+torch_lbfgs_module = importlib.import_module("torch.optim.lbfgs")
 
 SHAPES = [(40,), (7, 5), (0,), (), (3, 4, 6), (97,), (1,), (12, 11)]
 FP64_TOL = dict(rtol=1e-10, atol=1e-12)
@@ -139,8 +145,9 @@ def test_history_wraps_around(line_search_fn):
 
 
 @pytest.mark.parametrize("line_search_fn", [None, "strong_wolfe"])
-def test_max_eval_ends_the_step(line_search_fn):
-    kwargs = dict(line_search_fn=line_search_fn, max_iter=50, max_eval=7, lr=1 if line_search_fn else 0.3)
+@pytest.mark.parametrize("max_eval", [2, 7])  # 2: the line search itself runs out of evaluations
+def test_max_eval_ends_the_step(line_search_fn, max_eval):
+    kwargs = dict(line_search_fn=line_search_fn, max_iter=50, max_eval=max_eval, lr=1 if line_search_fn else 0.3)
     values = initial_values(torch.float64)
     torch_opt, params_t, _ = run(torch.optim.LBFGS, values, 2, **kwargs)
     fused, params_f, _ = run(fusedoptim.LBFGS, values, 2, **kwargs)
@@ -189,6 +196,97 @@ def test_other_dtypes(dtype, line_search_fn):
         fused.step(closure)
     assert_lbfgs_match(fused, torch_opt, params_f, params_t, tol=FP64_TOL if real == torch.float64 else FP32_TOL)
     assert fused.state[params_f[0]]["d"].dtype == real
+
+
+def test_failed_line_searches_return_their_start():
+    # The loss jumps up wherever the params move (the jump has no gradient): every line search
+    # ends at t=0 with the gradient it started from, and tolerance_change < 0 keeps the step
+    # iterating from that gradient, which must still be intact.
+    values = initial_values(torch.float64)
+
+    def run_with(cls):
+        params = make_params(values)
+        start = torch.cat([as_real_flat(p).detach() for p in params])
+        opt = cls(params, line_search_fn="strong_wolfe", max_iter=6, max_eval=40, tolerance_change=-1.0)
+
+        def closure():
+            opt.zero_grad()
+            loss = objective(params)
+            loss.backward()
+            moved = (torch.cat([as_real_flat(p).detach() for p in params]) - start).abs().max()
+            return loss + 1e6 * moved
+
+        opt.step(closure)
+        return opt, params
+
+    torch_opt, params_t = run_with(torch.optim.LBFGS)
+    fused, params_f = run_with(fusedoptim.LBFGS)
+    state = torch_opt.state[params_t[0]]
+    assert state["t"] == 0 and state["n_iter"] == 6
+    assert_lbfgs_match(fused, torch_opt, params_f, params_t)
+
+
+def _line_search_cases():
+    """(a, b, c, w, t0, max_ls) for phi(t) = -a t + b t^2 + c sin(w t): seeded random ones, and
+    ones whose zoom moves a trial away from a bracket end (`insuf_progress`)."""
+    rng = random.Random(0)
+    cases = [
+        (1.7906482754516133, 1.9917238527265462, 0.11455323060111933, 8.144514614114927, 5.0, 3),
+        (1.3125773840612294, 0.12861513111071873, 1.5461759169154412, 0.7720982033592079, 30.0, 3),
+        (1.633581172082398, 1.858023976359437, 0.042816822545000965, 16.894131330621523, 30.0, 6),
+        (0.951143616285612, 0.6699097693043482, 0.07878436670586475, 11.33816976061913, 0.1, 6),  # near the top end
+    ]
+    while len(cases) < 40:
+        a, b, c, w = rng.uniform(0.5, 2), rng.uniform(0.01, 2), rng.uniform(0, 3), rng.uniform(0.5, 20)
+        if -a + c * w < 0:  # a descent direction
+            cases.append((a, b, c, w, rng.choice([0.1, 1.0, 5.0, 30.0]), rng.choice([3, 6, 25])))
+    return cases
+
+
+@pytest.mark.skipif(not hasattr(torch_lbfgs_module, "_strong_wolfe"), reason="torch's line search moved")
+def test_line_search_matches_torchs():
+    # Our port on 1-D functions (a 1-element flat vector, d = [1]) against torch's own, value for value.
+    direction = torch.ones(1, dtype=torch.float64)
+    for a, b, c, w, t0, max_ls in _line_search_cases():
+        phi = lambda t: -a * t + b * t * t + c * math.sin(w * t)
+        slope = lambda t: torch.tensor([-a + 2 * b * t + c * w * math.cos(w * t)], dtype=torch.float64)
+        g0 = slope(0.0)
+        expected = torch_lbfgs_module._strong_wolfe(
+            lambda x, t, d: (phi(float(t)), slope(float(t))), None, t0, direction, phi(0.0), g0, g0.dot(direction),
+            max_ls=max_ls,
+        )
+
+        def evaluate(t):
+            g = slope(float(t))
+            return phi(float(t)), fusedoptim.lbfgs._FlatGrad(g, g.abs().max()), g.dot(direction)
+
+        f, g, t, evals = fusedoptim.lbfgs._strong_wolfe(
+            evaluate, t0, direction.abs().max(), phi(0.0), fusedoptim.lbfgs._FlatGrad(g0, g0.abs().max()),
+            g0.dot(direction), max_ls=max_ls,
+        )
+        assert (f, float(t), evals) == (expected[0], float(expected[2]), expected[3]), (a, b, c, w, t0, max_ls)
+        assert torch.equal(g.vec, expected[1])
+
+
+@pytest.mark.parametrize("line_search_fn", [None, "strong_wolfe"])
+def test_old_state_tensors_change_as_torchs_do(line_search_fn):
+    # torch never writes a state tensor after the step that made it, except prev_flat_grad
+    # (copied into): references a user keeps must see the same.
+    values = initial_values(torch.float64)
+
+    def changes(cls):
+        params = make_params(values)
+        opt = cls(params, line_search_fn=line_search_fn, max_iter=4, history_size=3)
+        closure = make_closure(opt, params)
+        opt.step(closure)
+        state = opt.state[params[0]]
+        kept = [state["d"], state["prev_flat_grad"], state["H_diag"], *state["old_dirs"], *state["old_stps"], *state["ro"]]
+        kept += [a for a in state["al"] if a is not None]
+        before = [t.clone() for t in kept]
+        opt.step(closure)
+        return [not torch.equal(t, b) for t, b in zip(kept, before)]
+
+    assert changes(fusedoptim.LBFGS) == changes(torch.optim.LBFGS)
 
 
 def test_fp64_result_does_not_depend_on_the_number_of_threads():

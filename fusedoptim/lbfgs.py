@@ -6,8 +6,7 @@ previous gradient, the history pairs old_dirs/old_stps), but builds and applies 
 per-param Python loops and one Python-dispatched op per vector operation: a `cat` of every
 grad per function evaluation, an `add_` per param per trial point, a clone of every param
 before a line search and a `copy_` of every param after each trial, and a two-loop recursion
-of 4 ops per history pair. On 1M params in 100 tensors with a full history those ops are most
-of a step.
+of 4 ops per history pair.
 
 This class runs the same algorithm statement for statement, and its scalar logic (the line
 search, the stopping tests) on the same values: 0-dim tensors of the param dtype wherever torch
@@ -28,14 +27,14 @@ search shares them where torch clones them. The history stays torch's lists of t
 `state_dict()` is torch's, zero-copy, and loads both ways.
 
 NOTE: [Scratch buffers]
-A new N-element buffer costs page faults: on the 2-core VM, 0.5-1 ms for 8 MB (and far more the
-first time the process touches the memory), several times the pass that fills it. So the
-buffers no user can see are reused within a step instead of allocated per use, as torch does:
-the gathered gradients (none of them outlives the line search that gathered it, none is ever
-stored in `state`), the line search's origin x_init, and the direction d once this step has
-made one (`state['d']` is set at the end of the step; the d of the previous iteration is dead
-once the memory update has read it). The history pairs y, s are new tensors, as in torch:
-they are the state. Nothing is kept between steps beyond torch's own state.
+The first write to a new N-element buffer page-faults once per 4 KB page: on the 2-core VM
+about 6 ms for 8 MB, ten times the pass that fills it (memory that glibc hands back from an
+earlier free is cheap). So the buffers no user can see are reused within a step, where torch
+allocates one per use: the gathered gradients (none outlives the line search that gathered it,
+none is ever stored in `state`), the line search's origin x_init, and the direction d once
+this step has made one (`state['d']` is set at the end of the step; the d of the previous
+iteration is dead once the memory update has read it). The history pairs y, s are new tensors,
+as in torch: they are the state. Nothing is kept between steps beyond torch's own state.
 
 Steps whose params the kernels can't take (not on the CPU, not contiguous, dtypes other than
 float32/float64 and their complex types, mixed dtypes, overlapping params) run torch.optim.LBFGS's

@@ -134,6 +134,7 @@ Bucket::Status Bucket::prepare() {
   prefix_.clear();
   entry_params_.clear();
   grad_copies_.clear();
+  segments_numel_ = 0;
   const int64_t n = static_cast<int64_t>(params_.size());
   probes_.resize(n);
   at::parallel_for(0, n, 1024, [&](int64_t begin, int64_t end) { probe(begin, end); });
@@ -207,6 +208,8 @@ void Bucket::set_scalar(int k, size_t entry, double value) {
 bool Bucket::scalar_is_double(int k, size_t entry) const { return scalar_is_double_[k][entry_params_[entry]] != 0; }
 
 const std::vector<Segment>& Bucket::segments(int64_t max_numel) {
+  if (segments_numel_ == max_numel) return segments_;  // LAMB with clipping asks twice a step
+  segments_numel_ = max_numel;
   segments_.clear();
   for (size_t e = 0; e < entries_.size(); ++e) {
     const int64_t numel = entries_[e].numel;

@@ -92,6 +92,7 @@ class Bucket {
   std::vector<double> entry_steps_;
   std::vector<at::Tensor> grad_copies_;  // contiguous copies of the rare strided grads
   std::vector<Segment> segments_;
+  int64_t segments_numel_ = 0;  // the max_numel segments_ was cut with; 0: not cut since prepare()
 };
 
 }  // namespace fusedoptim

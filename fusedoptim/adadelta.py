@@ -2,7 +2,6 @@
 
 import torch
 from torch.optim import adadelta as _torch_adadelta
-from torch.optim.optimizer import _get_scalar_dtype
 
 from fusedoptim import _reference
 from fusedoptim.optimizer import FusedOptimizer, _scalar
@@ -11,6 +10,7 @@ __all__ = ["Adadelta"]
 
 
 class Adadelta(FusedOptimizer):
+    _sparse_grad_error = "Adadelta does not support sparse gradients"
     _has_step = True
 
     def __init__(
@@ -51,9 +51,6 @@ class Adadelta(FusedOptimizer):
 
     _group_defaults = {"foreach": None, "maximize": False, "differentiable": False, "capturable": False}
 
-    def _step_dtype(self, group):
-        return _get_scalar_dtype()
-
     def _state_names(self, group):
         return ("square_avg", "acc_delta")
 
@@ -62,11 +59,6 @@ class Adadelta(FusedOptimizer):
             _scalar(group["lr"]), _scalar(group["rho"]), _scalar(group["eps"]), _scalar(group["weight_decay"]),
             bool(group["maximize"]),
         )
-
-    def _check_step(self, group, reference_params):
-        for p in reference_params:
-            if p.grad.is_sparse:
-                raise RuntimeError("Adadelta does not support sparse gradients")
 
     def _reference_step(self, group, params):
         (params, grads, square_avgs, acc_deltas, steps), has_complex = _reference.torch_init_group(

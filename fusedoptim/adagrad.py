@@ -2,7 +2,6 @@
 
 import torch
 from torch.optim import adagrad as _torch_adagrad
-from torch.optim.optimizer import _get_scalar_dtype
 
 from fusedoptim import _reference
 from fusedoptim.optimizer import FusedOptimizer, _lr_is_float32, _scalar
@@ -61,9 +60,6 @@ class Adagrad(FusedOptimizer):
                 value = initial_accumulator_value
                 init_value = complex(value, value) if torch.is_complex(p) else value
                 state["sum"] = torch.full_like(p, init_value, memory_format=torch.preserve_format)
-
-    def _step_dtype(self, group):
-        return _get_scalar_dtype(is_fused=group["fused"])
 
     def _state_names(self, group):
         return ("sum",)

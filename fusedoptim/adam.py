@@ -16,6 +16,7 @@ def _to_scalar(x):
 
 class Adam(FusedOptimizer):
     _has_step = True
+    _sparse_grad_error = "Adam does not support sparse gradients, please consider SparseAdam instead"
 
     def __init__(
         self,
@@ -117,10 +118,14 @@ class Adam(FusedOptimizer):
             _scalar(1 - lr * weight_decay), coefs_at_step,
         )
 
+    def _step_dtype(self, group):
+        # A state made by a capturable group is float32 (as torch's load_state_dict makes it).
+        if group.get("fused") or group.get("capturable"):
+            return torch.float32
+        return super()._step_dtype(group)
+
     def _check_step(self, group, reference_params):
-        for p in reference_params:
-            if p.grad.is_sparse:
-                raise RuntimeError("Adam does not support sparse gradients, please consider SparseAdam instead")
+        super()._check_step(group, reference_params)
         if group["foreach"] and torch.is_tensor(group["lr"]) and not group["capturable"]:
             raise RuntimeError("lr as a Tensor is not supported for capturable=False and foreach=True")
 

@@ -2,7 +2,6 @@
 
 import torch
 from torch.optim import adamax as _torch_adamax
-from torch.optim.optimizer import _get_scalar_dtype
 
 from fusedoptim import _reference
 from fusedoptim.optimizer import FusedOptimizer, _lr_is_float32, _scalar
@@ -11,6 +10,7 @@ __all__ = ["Adamax"]
 
 
 class Adamax(FusedOptimizer):
+    _sparse_grad_error = "Adamax does not support sparse gradients"
     _has_step = True
     _group_defaults = {"foreach": None, "maximize": False, "differentiable": False, "capturable": False}
 
@@ -52,9 +52,6 @@ class Adamax(FusedOptimizer):
         }
         super().__init__(params, defaults)
 
-    def _step_dtype(self, group):
-        return _get_scalar_dtype()
-
     def _state_names(self, group):
         return ("exp_avg", "exp_inf")
 
@@ -64,11 +61,6 @@ class Adamax(FusedOptimizer):
             _scalar(group["lr"]), _scalar(beta1), _scalar(beta2), _scalar(group["eps"]),
             _scalar(group["weight_decay"]), bool(group["maximize"]), _lr_is_float32(group["lr"]),
         )
-
-    def _check_step(self, group, reference_params):
-        for p in reference_params:
-            if p.grad.is_sparse:
-                raise RuntimeError("Adamax does not support sparse gradients")
 
     def _reference_step(self, group, params):
         (params, grads, exp_avgs, exp_infs, steps), has_complex = _reference.torch_init_group(

@@ -2,7 +2,6 @@
 
 import torch
 from torch.optim import asgd as _torch_asgd
-from torch.optim.optimizer import _get_scalar_dtype
 
 from fusedoptim import _reference
 from fusedoptim.optimizer import FusedOptimizer, _lr_is_float32, _scalar
@@ -11,6 +10,7 @@ __all__ = ["ASGD"]
 
 
 class ASGD(FusedOptimizer):
+    _sparse_grad_error = "ASGD does not support sparse gradients"
     _group_defaults = {"foreach": None, "maximize": False, "differentiable": False, "capturable": False}
 
     def __init__(
@@ -46,9 +46,6 @@ class ASGD(FusedOptimizer):
         }
         super().__init__(params, defaults)
 
-    def _step_dtype(self, group):
-        return _get_scalar_dtype()
-
     def _scalar_names(self, group):
         return ("step", "eta", "mu")
 
@@ -69,11 +66,6 @@ class ASGD(FusedOptimizer):
             _scalar(group["weight_decay"]), bool(group["maximize"]), _lr_is_float32(lr),
             eta_as_float32, python_floats_are_float32,
         )
-
-    def _check_step(self, group, reference_params):
-        for p in reference_params:
-            if p.grad.is_sparse:
-                raise RuntimeError("ASGD does not support sparse gradients")
 
     def _reference_step(self, group, params):
         (params, grads, mus, axs, etas, steps), has_complex = _reference.torch_init_group(

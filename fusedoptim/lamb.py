@@ -1,9 +1,6 @@
 """LAMB: layer-wise adaptive moments (You et al. 2019), fused, in Apex's formulation."""
 
-import math
-
 import torch
-from torch.optim.optimizer import _get_scalar_dtype
 
 from fusedoptim import _reference
 from fusedoptim.optimizer import FusedOptimizer, _scalar
@@ -62,6 +59,7 @@ class LAMB(FusedOptimizer):
     State per param: ``step``, ``exp_avg``, ``exp_avg_sq``, as torch.optim.Adam names them.
     """
 
+    _sparse_grad_error = "LAMB does not support sparse gradients"
     _has_step = True
     _group_defaults = {"maximize": False, "differentiable": False}
 
@@ -110,9 +108,6 @@ class LAMB(FusedOptimizer):
         }
         super().__init__(params, defaults)
 
-    def _step_dtype(self, group):
-        return _get_scalar_dtype()
-
     def _state_names(self, group):
         return ("exp_avg", "exp_avg_sq")
 
@@ -123,35 +118,24 @@ class LAMB(FusedOptimizer):
             return 1.0
         if group["differentiable"]:
             # A tensor, so autograd sees the clip's dependence on the grads.
-            return torch.clamp(self._global_grad_norm(as_tensor=True) / max_norm, min=1.0)
-        return max(self._global_grad_norm() / max_norm, 1.0)
+            return torch.clamp(self._global_grad_norm() / max_norm, min=1.0)
+        return max(self._global_grad_norm().item() / max_norm, 1.0)
 
-    def _global_grad_norm(self, as_tensor=False):
-        # Once per step (cached on the plan): fused buckets sum in C++, the rest in torch.
+    def _global_grad_norm(self):
+        """The norm of every grad of every group, a float64 0-dim tensor, once per step
+        (cached on the plan): fused buckets sum in C++, reference-path grads in torch."""
         plan = self._plan
-        if as_tensor:
+        if getattr(plan, "lamb_grad_norm", None) is None:
             squares = 0.0
             for _, buckets, reference in plan.groups:
                 for bucket in buckets:
                     if bucket.compiled.num_entries:
                         squares = squares + bucket.compiled.grad_squares()
                 for p in reference:
-                    if p.grad is not None:
+                    if p.grad is not None:  # never sparse: _check_step refused those
                         grad = torch.view_as_real(p.grad) if p.grad.is_complex() else p.grad
                         squares = squares + torch.linalg.vector_norm(grad, dtype=torch.float64) ** 2
-            return torch.as_tensor(squares, dtype=torch.float64).sqrt()
-        if getattr(plan, "lamb_grad_norm", None) is None:
-            squares = 0.0
-            for _, buckets, reference in plan.groups:
-                for bucket in buckets:
-                    if bucket.compiled.num_entries:
-                        squares += bucket.compiled.grad_squares()
-                for p in reference:
-                    if p.grad is not None:
-                        grad = p.grad.coalesce()._values() if p.grad.is_sparse else p.grad
-                        grad = torch.view_as_real(grad) if grad.is_complex() else grad
-                        squares += torch.linalg.vector_norm(grad.detach(), dtype=torch.float64).item() ** 2
-            plan.lamb_grad_norm = math.sqrt(squares)
+            plan.lamb_grad_norm = torch.as_tensor(squares, dtype=torch.float64).sqrt()
         return plan.lamb_grad_norm
 
     def step(self, closure=None):
@@ -169,11 +153,6 @@ class LAMB(FusedOptimizer):
             bool(group["decoupled_weight_decay"]), bool(group["always_adapt"]), bool(group["maximize"]),
             self._clip_divisor(group),
         )
-
-    def _check_step(self, group, reference_params):
-        for p in reference_params:
-            if p.grad.is_sparse:
-                raise RuntimeError("LAMB does not support sparse gradients")
 
     def _reference_step(self, group, params):
         beta1, beta2 = group["betas"]

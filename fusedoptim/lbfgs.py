@@ -43,6 +43,7 @@ own step, unchanged.
 
 import torch
 from torch.optim import LBFGS as _TorchLBFGS
+from torch.optim.lbfgs import _cubic_interpolate  # the trial steps must be torch's
 
 from fusedoptim import _extension
 
@@ -66,25 +67,6 @@ def _torch_step(optimizer, closure):
     if getattr(step, "hooked", False):
         step = step.__wrapped__
     return step(optimizer, closure)
-
-
-def _cubic_interpolate(x1, f1, g1, x2, f2, g2, bounds=None):
-    # torch.optim.lbfgs._cubic_interpolate, unchanged: the trial steps must be torch's.
-    if bounds is not None:
-        xmin_bound, xmax_bound = bounds
-    else:
-        xmin_bound, xmax_bound = (x1, x2) if x1 <= x2 else (x2, x1)
-    d1 = g1 + g2 - 3 * (f1 - f2) / (x1 - x2)
-    d2_square = d1**2 - g1 * g2
-    if d2_square >= 0:
-        d2 = d2_square.sqrt()
-        if x1 <= x2:
-            min_pos = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2))
-        else:
-            min_pos = x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2 * d2))
-        return min(max(min_pos, xmin_bound), xmax_bound)
-    else:
-        return (xmin_bound + xmax_bound) / 2.0
 
 
 def _strong_wolfe(obj_func, t, d_norm, f, g, gtd, c1=1e-4, c2=0.9, tolerance_change=1e-9, max_ls=25):

@@ -38,6 +38,7 @@ class Lion(FusedOptimizer):
     State per param: ``exp_avg`` (the running average :math:`m`), zeros at first.
     """
 
+    _sparse_grad_error = "Lion does not support sparse gradients"
     _group_defaults = {"maximize": False, "differentiable": False}
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False, differentiable=False):
@@ -66,11 +67,6 @@ class Lion(FusedOptimizer):
             _scalar(group["lr"]), _scalar(beta1), _scalar(beta2), _scalar(group["weight_decay"]),
             bool(group["maximize"]),
         )
-
-    def _check_step(self, group, reference_params):
-        for p in reference_params:
-            if p.grad.is_sparse:
-                raise RuntimeError("Lion does not support sparse gradients")
 
     def _reference_step(self, group, params):
         beta1, beta2 = group["betas"]

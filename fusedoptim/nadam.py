@@ -2,7 +2,6 @@
 
 import torch
 from torch.optim import nadam as _torch_nadam
-from torch.optim.optimizer import _get_scalar_dtype
 
 from fusedoptim import _reference
 from fusedoptim.optimizer import FusedOptimizer, _lr_is_float32, _scalar
@@ -11,6 +10,7 @@ __all__ = ["NAdam"]
 
 
 class NAdam(FusedOptimizer):
+    _sparse_grad_error = "NAdam does not support sparse gradients"
     _group_defaults = {
         "maximize": False, "foreach": None, "capturable": False, "differentiable": False,
         "decoupled_weight_decay": False,
@@ -60,9 +60,6 @@ class NAdam(FusedOptimizer):
         }
         super().__init__(params, defaults)
 
-    def _step_dtype(self, group):
-        return _get_scalar_dtype()
-
     def _scalar_names(self, group):
         return ("step", "mu_product")
 
@@ -79,11 +76,6 @@ class NAdam(FusedOptimizer):
             _scalar(group["momentum_decay"]), bool(group["decoupled_weight_decay"]), bool(group["maximize"]),
             _scalar(1 - lr * weight_decay), _lr_is_float32(lr),
         )
-
-    def _check_step(self, group, reference_params):
-        for p in reference_params:
-            if p.grad.is_sparse:
-                raise RuntimeError("NAdam does not support sparse gradients")
 
     def _reference_step(self, group, params):
         (params, grads, exp_avgs, exp_avg_sqs, mu_products, steps), has_complex = _reference.torch_init_group(

@@ -31,7 +31,7 @@ builds its buffers without touching `self.state`, so an error leaves params and 
 import warnings
 
 import torch
-from torch.optim.optimizer import Optimizer, _use_grad_for_differentiable
+from torch.optim.optimizer import Optimizer, _get_scalar_dtype, _use_grad_for_differentiable
 
 from fusedoptim import _extension
 from fusedoptim._state import StateMap
@@ -285,9 +285,8 @@ class FusedOptimizer(Optimizer):
         )
 
     def _step_dtype(self, group):
-        if group.get("fused") or group.get("capturable"):
-            return torch.float32
-        return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+        """The dtype of 0-dim states: torch.optim's _get_scalar_dtype(is_fused=group's fused)."""
+        return _get_scalar_dtype(is_fused=group.get("fused"))
 
     def _fused_step(self, group, bucket):
         raise NotImplementedError
@@ -295,9 +294,14 @@ class FusedOptimizer(Optimizer):
     def _reference_step(self, group, params):
         raise NotImplementedError
 
+    # torch.optim's error for a sparse grad, or None where the algorithm takes them.
+    _sparse_grad_error = None
+
     def _check_step(self, group, reference_params):
         """Raise, before anything is modified, what torch.optim's step would raise for this
         group (reference_params: the group's params with a grad on the reference path)."""
+        if self._sparse_grad_error is not None and any(p.grad.is_sparse for p in reference_params):
+            raise RuntimeError(self._sparse_grad_error)
 
     # ---- torch.optim interface ------------------------------------------------------
     def add_param_group(self, param_group):

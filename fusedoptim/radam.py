@@ -2,7 +2,6 @@
 
 import torch
 from torch.optim import radam as _torch_radam
-from torch.optim.optimizer import _get_scalar_dtype
 
 from fusedoptim import _reference
 from fusedoptim.optimizer import FusedOptimizer, _scalar
@@ -11,6 +10,7 @@ __all__ = ["RAdam"]
 
 
 class RAdam(FusedOptimizer):
+    _sparse_grad_error = "RAdam does not support sparse gradients"
     _has_step = True
     _group_defaults = {
         "foreach": None, "maximize": False, "differentiable": False, "decoupled_weight_decay": False,
@@ -57,9 +57,6 @@ class RAdam(FusedOptimizer):
         }
         super().__init__(params, defaults)
 
-    def _step_dtype(self, group):
-        return _get_scalar_dtype()
-
     def _state_names(self, group):
         return ("exp_avg", "exp_avg_sq")
 
@@ -69,11 +66,6 @@ class RAdam(FusedOptimizer):
             _scalar(lr), _scalar(beta1), _scalar(beta2), _scalar(group["eps"]), _scalar(weight_decay),
             bool(group["decoupled_weight_decay"]), bool(group["maximize"]), _scalar(1 - lr * weight_decay),
         )
-
-    def _check_step(self, group, reference_params):
-        for p in reference_params:
-            if p.grad.is_sparse:
-                raise RuntimeError("RAdam does not support sparse gradients")
 
     def _reference_step(self, group, params):
         (params, grads, exp_avgs, exp_avg_sqs, steps), has_complex = _reference.torch_init_group(

@@ -2,7 +2,6 @@
 
 import torch
 from torch.optim import rmsprop as _torch_rmsprop
-from torch.optim.optimizer import _get_scalar_dtype
 
 from fusedoptim import _reference
 from fusedoptim.optimizer import FusedOptimizer, _scalar
@@ -11,6 +10,7 @@ __all__ = ["RMSprop"]
 
 
 class RMSprop(FusedOptimizer):
+    _sparse_grad_error = "RMSprop does not support sparse gradients"
     _has_step = True
     _group_defaults = {
         "momentum": 0, "centered": False, "foreach": None, "maximize": False, "differentiable": False,
@@ -58,9 +58,6 @@ class RMSprop(FusedOptimizer):
         }
         super().__init__(params, defaults)
 
-    def _step_dtype(self, group):
-        return _get_scalar_dtype()
-
     def _state_names(self, group):
         # torch's key order; the kernel's slots (math/rmsprop.h) follow it.
         names = ("square_avg",)
@@ -75,11 +72,6 @@ class RMSprop(FusedOptimizer):
             _scalar(group["lr"]), _scalar(group["alpha"]), _scalar(group["eps"]), _scalar(group["weight_decay"]),
             _scalar(group["momentum"]), bool(group["centered"]), bool(group["maximize"]),
         )
-
-    def _check_step(self, group, reference_params):
-        for p in reference_params:
-            if p.grad.is_sparse:
-                raise RuntimeError("RMSprop does not support sparse gradients")
 
     def _reference_step(self, group, params):
         (params, grads, square_avgs, momentum_buffers, grad_avgs, steps), has_complex = _reference.torch_init_group(

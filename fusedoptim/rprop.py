@@ -2,7 +2,6 @@
 
 import torch
 from torch.optim import rprop as _torch_rprop
-from torch.optim.optimizer import _get_scalar_dtype
 
 from fusedoptim import _reference
 from fusedoptim.optimizer import FusedOptimizer, _scalar
@@ -11,6 +10,7 @@ __all__ = ["Rprop"]
 
 
 class Rprop(FusedOptimizer):
+    _sparse_grad_error = "Rprop does not support sparse gradients"
     _has_step = True
     _group_defaults = {"foreach": None, "maximize": False, "differentiable": False, "capturable": False}
 
@@ -44,9 +44,6 @@ class Rprop(FusedOptimizer):
         }
         super().__init__(params, defaults)
 
-    def _step_dtype(self, group):
-        return _get_scalar_dtype()
-
     def _state_names(self, group):
         return ("prev", "step_size")
 
@@ -61,11 +58,6 @@ class Rprop(FusedOptimizer):
             _scalar(etaminus), _scalar(etaplus), _scalar(step_size_min), _scalar(step_size_max),
             bool(group["maximize"]),
         )
-
-    def _check_step(self, group, reference_params):
-        for p in reference_params:
-            if p.grad.is_sparse:
-                raise RuntimeError("Rprop does not support sparse gradients")
 
     def _reference_step(self, group, params):
         (params, grads, prevs, step_sizes, steps), has_complex = _reference.torch_init_group(

@@ -159,19 +159,21 @@ struct ReduceBody : RuleBody<Rule, Storage> {
   using RuleBody<Rule, Storage>::RuleBody;
 };
 
+template <typename Storage, typename Body>
+FO_INLINE void reduce_segments(const BucketTable& table, const Body& body, const Segment* segments, int64_t first,
+                               int64_t last, double* out) {
+  for (int64_t s = first; s < last; ++s) reduce_segment<Storage>(table, segments[s], body, out + s * Body::kNumSums);
+}
+
 // Runs reduction Rule over segments [first, last), writing Rule::kNumSums doubles per segment.
 template <template <typename> class Rule, typename Hyper>
 FO_INLINE void reduce_bucket(const BucketTable& table, const Hyper& hyper, const Segment* segments, int64_t first,
                              int64_t last, double* out) {
-  constexpr int kNumSums = Rule<float>::kNumSums;
-  for (int64_t s = first; s < last; ++s) {
-    double* segment_out = out + s * kNumSums;
-    switch (table.dtype) {
-      case DType::kFloat32: reduce_segment<float>(table, segments[s], ReduceBody<Rule, float>(hyper), segment_out); break;
-      case DType::kFloat64: reduce_segment<double>(table, segments[s], ReduceBody<Rule, double>(hyper), segment_out); break;
-      case DType::kBFloat16: reduce_segment<bf16_t>(table, segments[s], ReduceBody<Rule, bf16_t>(hyper), segment_out); break;
-      case DType::kFloat16: reduce_segment<fp16_t>(table, segments[s], ReduceBody<Rule, fp16_t>(hyper), segment_out); break;
-    }
+  switch (table.dtype) {
+    case DType::kFloat32: reduce_segments<float>(table, ReduceBody<Rule, float>(hyper), segments, first, last, out); break;
+    case DType::kFloat64: reduce_segments<double>(table, ReduceBody<Rule, double>(hyper), segments, first, last, out); break;
+    case DType::kBFloat16: reduce_segments<bf16_t>(table, ReduceBody<Rule, bf16_t>(hyper), segments, first, last, out); break;
+    case DType::kFloat16: reduce_segments<fp16_t>(table, ReduceBody<Rule, fp16_t>(hyper), segments, first, last, out); break;
   }
 }
 

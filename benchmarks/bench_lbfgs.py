@@ -26,7 +26,7 @@ fresh copies of the same params and state and one step() is timed with time.perf
 so is the closure alone (median of 10 calls). The table gives medians over runs and the ratio
 of the medians; `max rel diff` is the largest |ours - torch| / max|torch| of the params after
 the step, over all runs (fp64: rounding only; the evaluation and iteration counts must match).
-Dependencies: torch and the standard library (and this directory's bench_cpu.py for metadata).
+Dependencies: torch and the standard library (and fusedoptim.bench for metadata).
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ from typing import Dict, List
 
 import torch
 
-from bench_cpu import collect_metadata, _loadavg
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from fusedoptim.bench.measure import loadavg, machine_metadata  # noqa: E402
 
 NUM_TENSORS = 100
 TENSOR_NUMEL = 10_000
@@ -235,7 +237,7 @@ def main(argv=None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     log = lambda s: print(s, file=sys.stderr, flush=True)
-    meta = collect_metadata(fusedoptim, None, torch.get_num_threads())
+    meta = machine_metadata(torch.device("cpu"), fusedoptim, None)
     log(f"fusedoptim from {fusedoptim.__file__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"load {meta['loadavg_before']}")
 
@@ -246,7 +248,7 @@ def main(argv=None) -> int:
                 log(f"  {dtype} / {line_search} / {start}")
                 rows.append(run_case(fusedoptim, getattr(torch, dtype),
                                      None if line_search == "none" else line_search, start, args.runs, log))
-    meta["loadavg_after"] = _loadavg()
+    meta["loadavg_after"] = loadavg()
     print(f"fusedoptim.LBFGS vs torch.optim.LBFGS: one step(), {NUM_TENSORS} x {TENSOR_NUMEL:,} params, "
           f"median of {args.runs} interleaved runs, {torch.get_num_threads()} threads")
     print(format_table(rows))

@@ -216,6 +216,7 @@ class LBFGS(_TorchLBFGS):
             vec, max_abs, gtd = gathered
         return _FlatGrad(vec, max_abs), gtd
 
+    @torch.compiler.disable  # NOTE: [Steps under torch.compile] in optimizer.py
     @torch.no_grad()
     def step(self, closure):
         """Perform a single optimization step.

@@ -410,6 +410,14 @@ class FusedOptimizer(Optimizer):
             self._plan = plan
         return plan
 
+    # NOTE: [Steps under torch.compile]
+    # Inside a torch.compile'd training step, dynamo would trace into step() up to the first
+    # call into the extension and compile the Python around it, specializing on every
+    # hyperparameter it reads: each new lr from a scheduler would then recompile. The fused
+    # kernels gain nothing from tracing (a step is already one sweep per bucket), so step()
+    # and everything it calls run eagerly: the compiled function breaks its graph around
+    # opt.step(), gives the eager result, and never recompiles for a new lr.
+    @torch.compiler.disable
     @_use_grad_for_differentiable
     def step(self, closure=None):
         """Perform a single optimization step.

@@ -43,6 +43,7 @@ ext = CppExtension(
     sources=[
         os.path.join(CSRC, "bindings.cpp"),
         os.path.join(CSRC, "bucket.cpp"),
+        os.path.join(CSRC, "ops.cpp"),
         os.path.join(CSRC, "cpu", "cpu_features.cpp"),
         os.path.join(CSRC, "cpu", "dispatch.cpp"),
         os.path.join(CSRC, "cpu", "adadelta_cpu.cpp"),

@@ -1,5 +1,6 @@
 // The Python module fusedoptim._C: buckets and their per-algorithm steps, and the CPU
-// instruction-set controls. The only file that talks to Python.
+// instruction-set controls. With lbfgs_cpu.cpp the only file that talks to Python (the
+// registered ops of ops.cpp reach it through torch.ops).
 #include <functional>
 
 #include <torch/extension.h>
@@ -7,23 +8,10 @@
 
 #include "bucket.h"
 #include "cpu/dispatch.h"
+#include "cpu/steps.h"
 
 namespace fusedoptim {
 namespace cpu {
-void adam_step(Bucket& bucket, const math::AdamHyper& hyper,
-               const std::function<math::AdamStepCoefs(double)>& coefs_at_step);
-void sgd_step(Bucket& bucket, const math::SgdHyper& hyper);
-void adadelta_step(Bucket& bucket, const math::AdadeltaHyper& hyper);
-void adagrad_step(Bucket& bucket, const math::AdagradHyper& hyper);
-void adamax_step(Bucket& bucket, const math::AdamaxHyper& hyper);
-void asgd_step(Bucket& bucket, const math::AsgdHyper& hyper);
-void nadam_step(Bucket& bucket, const math::NadamHyper& hyper);
-void radam_step(Bucket& bucket, const math::RadamHyper& hyper);
-void rmsprop_step(Bucket& bucket, const math::RmspropHyper& hyper);
-void rprop_step(Bucket& bucket, const math::RpropHyper& hyper);
-void lion_step(Bucket& bucket, const math::LionHyper& hyper);
-double grad_squares(Bucket& bucket);
-void lamb_step(Bucket& bucket, const math::LambHyper& hyper, double lr, bool bias_correction, bool always_adapt);
 void register_lbfgs(pybind11::module_& m);
 }  // namespace cpu
 }  // namespace fusedoptim

@@ -72,6 +72,11 @@ Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
   entry_params_.reserve(n);
 }
 
+void Bucket::use_grads(std::vector<at::Tensor> grads) {
+  TORCH_CHECK(grads.size() == params_.size(), "fusedoptim: ", grads.size(), " grads for ", params_.size(), " params");
+  grads_ = std::move(grads);
+}
+
 // NOTE: [Prefetching the grads]
 // Reading 10,000 grads is a chain of dependent loads per param (param impl -> autograd meta ->
 // grad impl -> grad storage) that mostly misses the cache, since a step has just streamed the
@@ -96,9 +101,7 @@ void Bucket::probe(int64_t begin, int64_t end) {
     }
     ParamProbe& out = probes_[i];
     const at::Tensor& param = params_[i];
-    // TensorImpl::grad, not Tensor::grad: the latter also asks autograd whether the param is
-    // a leaf, a virtual call per param that only serves a warning.
-    const at::Tensor& grad = param.unsafeGetTensorImpl()->grad();
+    const at::Tensor& grad = grad_of(i);
     if (!grad.defined()) {
       out.status = Probe::kNoGrad;
     } else if (param.scalar_type() != param_dtypes_[i] || param.numel() != param_numels_[i] ||
@@ -121,7 +124,7 @@ void Bucket::probe(int64_t begin, int64_t end) {
 
 void Bucket::raise_bad_grad(size_t i) const {
   const at::Tensor& param = params_[i];
-  const at::Tensor& grad = param.unsafeGetTensorImpl()->grad();
+  const at::Tensor& grad = grad_of(i);
   TORCH_CHECK(grad.scalar_type() == param.scalar_type(), "the grad of ", names_[i], " has dtype ",
               grad.scalar_type(), " but the param has dtype ", param.scalar_type());
   TORCH_CHECK(grad.sizes() == param.sizes(), "the grad of ", names_[i], " has shape ", grad.sizes(),
@@ -154,7 +157,7 @@ Bucket::Status Bucket::prepare() {
     if (probe.status == Probe::kNoGrad) continue;
     if (probe.status == Probe::kStridedGrad) {
       const at::Tensor& param = params_[i];
-      grad_copies_.push_back(param.unsafeGetTensorImpl()->grad().contiguous());
+      grad_copies_.push_back(grad_of(i).contiguous());
       probe.param_data = param.data_ptr();
       probe.grad_data = grad_copies_.back().data_ptr();
     }

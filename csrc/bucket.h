@@ -29,6 +29,10 @@ class Bucket {
 
   enum Status : int { kReady = 0, kNeedsRebuild = 1 };
 
+  // From now on prepare() takes param i's grad from grads[i] instead of its .grad (the
+  // registered ops, which receive grads as arguments).
+  void use_grads(std::vector<at::Tensor> grads);
+
   // Reads every param's grad and fills the table. Raises, naming the param, if a grad's
   // dtype, shape or device does not match its param; returns kNeedsRebuild when the plan no
   // longer fits (a grad without a state slot, a param moved or resized, a sparse grad).
@@ -60,6 +64,7 @@ class Bucket {
   std::vector<std::vector<at::Tensor>> states_;  // kept alive: the table points into them
   std::vector<std::vector<at::Tensor>> scalars_;
   std::vector<int64_t> first_step_;
+  std::vector<at::Tensor> grads_;  // empty: the params' own .grad
   bool has_slots_;  // whether params need state (and a step) before they can step
 
   // Cached at construction: the state and step addresses of each param (null: no state).
@@ -82,6 +87,11 @@ class Bucket {
     Probe status;
   };
   void probe(int64_t begin, int64_t end);
+  const at::Tensor& grad_of(size_t i) const {
+    // TensorImpl::grad, not Tensor::grad: the latter also asks autograd whether the param is
+    // a leaf, a virtual call per param that only serves a warning.
+    return grads_.empty() ? params_[i].unsafeGetTensorImpl()->grad() : grads_[i];
+  }
   [[noreturn]] void raise_bad_grad(size_t i) const;
 
   // Per step.

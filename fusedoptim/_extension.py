@@ -25,6 +25,8 @@ def _load():
 
 
 _C, _load_error = _load()
+if _C is not None:
+    from fusedoptim import _ops  # noqa: F401  (fake implementations of the registered ops)
 if _load_error is not None:
     warnings.warn(
         f"fusedoptim: {_load_error}; every step takes the plain-torch reference path, "

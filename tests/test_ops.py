@@ -1,0 +1,182 @@
+"""The registered ops, torch.ops.fusedoptim.* (csrc/ops.cpp): each gives bit for bit what the
+optimizer's own step gives with the same hyperparameters, passes torch.library.opcheck
+(schema mutations, fake implementation, autograd registration, AOT dispatch), and traces
+into a torch.compile graph."""
+
+import pytest
+import torch
+
+import fusedoptim
+from fusedoptim._ops import BUCKET_METHOD_OPS, STEP_OPS
+from optim_configs import ALL_CONFIGS, REPRESENTATIVE_CONFIGS, config_ids
+
+# Several buckets per group (two dtypes), tail sizes, a 0-dim param, complex-free.
+PARAM_SPECS = [((7,), torch.float32), ((3, 5), torch.float64), ((33,), torch.float32),
+               ((), torch.float64), ((9,), torch.float32)]
+NUM_STEPS = 3
+
+
+class _Recorder:
+    """Stands in for a compiled Bucket: records the method an optimizer's _fused_step calls
+    and its arguments, the same hyperparameters the op takes (NOTE: [Ops and buckets])."""
+
+    def __getattr__(self, method):
+        def record(*args):
+            self.call = (method, args)
+        return record
+
+
+def _list_argument_name(state_name):
+    return {"sum": "state_sums", "step": "state_steps"}.get(state_name, state_name + "s")
+
+
+def _op_arguments(optimizer, group, params, grads, states, scalars, first_step):
+    """The op and its arguments for one step of `group`, from what _fused_step would send a
+    bucket."""
+    recorder = _Recorder()
+    optimizer._fused_step(group, recorder)
+    method, hyper = recorder.call
+    op = getattr(torch.ops.fusedoptim, BUCKET_METHOD_OPS[method]).default
+    schema_args = op._schema.arguments
+    lists = {_list_argument_name(name): values for name, values in {**states, **scalars}.items()}
+    kwargs = {"params": params, "grads": grads}
+    hyper_names = []
+    for arg in schema_args[2:]:
+        if str(arg.type).startswith("List[Tensor]"):
+            kwargs[arg.name] = lists.pop(arg.name, [])
+        else:
+            hyper_names.append(arg.name)
+    assert not lists, f"states the op does not take: {list(lists)}"
+    if method == "adam":
+        *hyper, coefs_at_step = hyper
+        assert coefs_at_step is None
+    kwargs.update(zip(hyper_names, hyper))
+    if "is_first_step" in hyper_names:
+        kwargs["is_first_step"] = first_step
+    return op, kwargs
+
+
+def _fused_configs(configs):
+    def supported(config):
+        # A Tensor lr or betas makes Adam's host code call back into Python per step count,
+        # which the op (float hyperparameters) does not take.
+        tensor_hyper = config.optim in ("Adam", "AdamW") and any(
+            isinstance(v, (tuple, list)) and any(not isinstance(x, (int, float)) for x in v)
+            or not isinstance(v, (int, float, bool, tuple, list, type(None)))
+            for k, v in config.kwargs.items() if k in ("lr", "betas"))
+        return config.expects_fused_path and not tensor_hyper
+    return [c for c in configs if supported(c)]
+
+
+def _make_params(seed):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
+            for shape, dtype in PARAM_SPECS]
+
+
+@pytest.mark.parametrize("config", _fused_configs(ALL_CONFIGS), ids=config_ids(_fused_configs(ALL_CONFIGS)))
+def test_op_matches_the_optimizer_step(config):
+    initial = _make_params(0)
+    params = [p.clone().requires_grad_() for p in initial]
+    optimizer = getattr(fusedoptim, config.optim)(params, **config.fused_kwargs(torch.float32))
+    group = optimizer.param_groups[0]
+    op_params = [p.clone() for p in initial]
+    states = {name: [torch.full_like(p, optimizer._initial_state(group, name)) for p in op_params]
+              for name in optimizer._state_names(group)}
+    scalars = {name: [torch.tensor(optimizer._initial_scalar(group, name), dtype=optimizer._step_dtype(group))
+                      for _ in op_params]
+               for name in optimizer._scalar_names(group)}
+    for step in range(NUM_STEPS):
+        grads = _make_params(100 + step)
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        optimizer.step()
+        assert optimizer.last_step_paths == {"fused": len(params), "reference": 0}
+        op, kwargs = _op_arguments(optimizer, group, op_params, grads, states, scalars, first_step=step == 0)
+        op(**kwargs)
+
+    for i, (p, q) in enumerate(zip(params, op_params)):
+        assert torch.equal(p.detach(), q), f"param {i}"
+        for name, values in {**states, **scalars}.items():
+            assert torch.equal(optimizer.state[p][name], values[i]), f"param {i} state {name}"
+
+
+def _sample_arguments(config):
+    """One step's op arguments for `config`, on fresh tensors that do not require grad."""
+    params = [p.detach().clone() for p in _make_params(0)]
+    optimizer = getattr(fusedoptim, config.optim)([p.clone().requires_grad_() for p in params],
+                                                 **config.fused_kwargs(torch.float32))
+    group = optimizer.param_groups[0]
+    states = {name: [torch.full_like(p, optimizer._initial_state(group, name)) for p in params]
+              for name in optimizer._state_names(group)}
+    scalars = {name: [torch.tensor(optimizer._initial_scalar(group, name)) for _ in params]
+               for name in optimizer._scalar_names(group)}
+    for p in optimizer.param_groups[0]["params"]:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    return _op_arguments(optimizer, group, params, _make_params(1), states, scalars, first_step=True)
+
+
+# LAMB with max_grad_norm sends the op a clip divisor from the step's global grad norm:
+# covered by the parity test, where a real step computes it.
+OPCHECK_CONFIGS = [c for c in _fused_configs(REPRESENTATIVE_CONFIGS)
+                   if not (c.optim == "LAMB" and c.kwargs.get("max_grad_norm"))]
+
+
+@pytest.mark.parametrize("config", OPCHECK_CONFIGS, ids=config_ids(OPCHECK_CONFIGS))
+def test_opcheck(config):
+    op, kwargs = _sample_arguments(config)
+    torch.library.opcheck(op, (), kwargs)
+
+
+def test_every_step_op_is_checked():
+    checked = {_sample_arguments(c)[0]._schema.name.split("::")[1] for c in OPCHECK_CONFIGS}
+    assert checked == set(STEP_OPS)
+
+
+def test_grad_squares():
+    grads = _make_params(3)
+    expected = sum(g.double().pow(2).sum() for g in grads)
+    result = torch.ops.fusedoptim.grad_squares(grads)
+    assert result.dtype == torch.float64 and result.shape == ()
+    torch.testing.assert_close(result, expected, rtol=1e-6, atol=0)
+    torch.library.opcheck(torch.ops.fusedoptim.grad_squares.default, (grads,))
+
+
+def test_op_traces_into_a_compiled_graph():
+    params, grads = _make_params(0), _make_params(1)
+    exp_avgs = [torch.zeros_like(p) for p in params]
+    exp_avg_sqs = [torch.zeros_like(p) for p in params]
+    steps = [torch.tensor(0.0) for _ in params]
+    eager = [t.clone() for t in params], [t.clone() for t in exp_avgs], [t.clone() for t in exp_avg_sqs], [
+        t.clone() for t in steps]
+
+    def step(params, exp_avgs, exp_avg_sqs, steps, lr):
+        torch.ops.fusedoptim.adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr, 0.9, 0.999, 1e-8, 0.0,
+                                   False, False, False, 1.0)
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    for lr in (1e-2, 5e-3):
+        step(*eager, lr)
+        compiled(params, exp_avgs, exp_avg_sqs, steps, lr)
+    for ours, theirs in zip((params, exp_avgs, exp_avg_sqs, steps), eager):
+        for a, b in zip(ours, theirs):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(grads=[torch.zeros(7)]), "1 grads for 5 params"),
+    (dict(exp_avgs=[torch.zeros(7)]), "a state list has 1 tensors for 5 params"),
+    (dict(max_exp_avg_sqs=[torch.zeros(7)] * 5), "max_exp_avg_sqs must be given exactly when amsgrad"),
+])
+def test_op_errors_name_the_problem(bad, message):
+    params = _make_params(0)
+    kwargs = dict(params=params, grads=_make_params(1), exp_avgs=[torch.zeros_like(p) for p in params],
+                  exp_avg_sqs=[torch.zeros_like(p) for p in params], max_exp_avg_sqs=[],
+                  state_steps=[torch.tensor(0.0) for _ in params], lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+                  weight_decay=0.0, amsgrad=False, maximize=False, decoupled_weight_decay=False, decay_factor=1.0)
+    kwargs.update(bad)
+    before = [p.clone() for p in params]
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.fusedoptim.adam_(**kwargs)
+    assert all(torch.equal(p, q) for p, q in zip(params, before))

@@ -9,6 +9,8 @@ See NOTE: [Reference path] in optimizer.py.
 
 import torch
 
+from fusedoptim import _dtensor
+
 
 def _lr_value(lr):
     return lr if isinstance(lr, torch.Tensor) and lr.requires_grad else (lr.item() if isinstance(lr, torch.Tensor) else lr)
@@ -165,10 +167,13 @@ def lamb(params, states, *, lr, beta1, beta2, eps, weight_decay, bias_correction
             param.sub_(update * lr)
         elif differentiable:
             # Tensors, not .item(): autograd sees the ratio (and a Tensor lr).
-            param_norm, update_norm = param.clone().norm(), update.norm()  # param changes below
+            param_norm = _dtensor.whole_norm(param.clone().norm())  # param changes below
+            update_norm = _dtensor.whole_norm(update.norm())
             ratio = torch.where((param_norm != 0) & (update_norm != 0), param_norm / update_norm, 1.0)
             param.sub_(update * (lr * ratio))
         else:
-            param_norm, update_norm = param.norm().item(), update.norm().item()
+            # A DTensor's norm is partial on each rank: whole_norm all-reduces it.
+            param_norm = _dtensor.whole_norm(param.norm()).item()
+            update_norm = _dtensor.whole_norm(update.norm()).item()
             ratio = param_norm / update_norm if param_norm != 0 and update_norm != 0 else 1.0
             param.add_(update, alpha=-lr * ratio)

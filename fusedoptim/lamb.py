@@ -2,7 +2,7 @@
 
 import torch
 
-from fusedoptim import _reference
+from fusedoptim import _dtensor, _reference
 from fusedoptim.optimizer import FusedOptimizer, _scalar
 
 __all__ = ["LAMB"]
@@ -111,6 +111,18 @@ class LAMB(FusedOptimizer):
     def _state_names(self, group):
         return ("exp_avg", "exp_avg_sq")
 
+    @staticmethod
+    def _adapts(group):
+        return group["weight_decay"] != 0 or bool(group["always_adapt"])
+
+    def _needs_whole_tensor(self, group):
+        # The kernels compute the trust ratio's norms between their two passes, with no way to
+        # all-reduce them across a mesh there: sharded params take torch's DTensor ops.
+        return "LAMB's per-tensor trust ratio" if self._adapts(group) else None
+
+    def _layout_key(self, group):
+        return super()._layout_key(group) + (self._adapts(group),)
+
     def _clip_divisor(self, group):
         """Global grad-norm clipping: the divisor of this step's grads for `group`."""
         max_norm = group["max_grad_norm"]
@@ -123,20 +135,38 @@ class LAMB(FusedOptimizer):
 
     def _global_grad_norm(self):
         """The norm of every grad of every group, a float64 0-dim tensor, once per step
-        (cached on the plan): fused buckets sum in C++, reference-path grads in torch."""
+        (cached on the plan): fused buckets sum in C++, reference-path grads in torch. The
+        sums over DTensor shards are all-reduced over their mesh, one collective per mesh and
+        sharding (NOTE: [DTensor params] in _dtensor.py)."""
         plan = self._plan
         if getattr(plan, "lamb_grad_norm", None) is None:
-            squares = 0.0
+            partial_sums = {}  # reduction key -> this rank's sum of squares
+
+            def add(key, squares):
+                partial_sums[key] = partial_sums.get(key, 0.0) + squares
+
             for _, buckets, reference in plan.groups:
                 for bucket in buckets:
                     if bucket.compiled.num_entries:
-                        squares = squares + bucket.compiled.grad_squares()
+                        add(bucket.reduction_key, bucket.compiled.grad_squares())
                 for p in reference:
                     if p.grad is not None:  # never sparse: _check_step refused those
-                        grad = torch.view_as_real(p.grad) if p.grad.is_complex() else p.grad
-                        squares = squares + torch.linalg.vector_norm(grad, dtype=torch.float64) ** 2
-            plan.lamb_grad_norm = torch.as_tensor(squares, dtype=torch.float64).sqrt()
+                        add(*self._grad_squares(p.grad))
+            plan.lamb_grad_norm = _dtensor.reduce_partial_sums(partial_sums).sqrt()
         return plan.lamb_grad_norm
+
+    @staticmethod
+    def _grad_squares(grad):
+        """(reduction key, sum of squares of this rank's part of a reference-path grad)."""
+        key = _dtensor.reduction_key(grad)
+        if key is not None:
+            if not _dtensor.local_placements(grad):
+                # Partial grads: their local values are addends, DTensor's norm reduces them.
+                norm = _dtensor.whole_norm(torch.linalg.vector_norm(grad, dtype=torch.float64))
+                return None, norm.to_local() ** 2
+            grad = grad.to_local()
+        grad = torch.view_as_real(grad) if grad.is_complex() else grad
+        return key, torch.linalg.vector_norm(grad, dtype=torch.float64) ** 2
 
     def step(self, closure=None):
         if self._plan is not None:

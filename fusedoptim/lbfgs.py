@@ -37,15 +37,15 @@ iteration is dead once the memory update has read it). The history pairs y, s ar
 as in torch: they are the state. Nothing is kept between steps beyond torch's own state.
 
 Steps whose params the kernels can't take (not on the CPU, not contiguous, dtypes other than
-float32/float64 and their complex types, mixed dtypes, overlapping params) run torch.optim.LBFGS's
-own step, unchanged.
+float32/float64 and their complex types, mixed dtypes, overlapping params, DTensors and other
+tensor subclasses without memory of their own) run torch.optim.LBFGS's own step, unchanged.
 """
 
 import torch
 from torch.optim import LBFGS as _TorchLBFGS
 from torch.optim.lbfgs import _cubic_interpolate  # the trial steps must be torch's
 
-from fusedoptim import _extension
+from fusedoptim import _dtensor, _extension
 
 __all__ = ["LBFGS"]
 
@@ -202,6 +202,10 @@ class LBFGS(_TorchLBFGS):
     def _flat_params(self):
         """The params as one flat vector for the kernels, or None (torch's step runs)."""
         if not _extension.extension_available():
+            return None
+        # DTensors (and other wrappers) have no memory the passes could address; torch's step
+        # runs its ops on them.
+        if not all(_dtensor.has_own_memory(p) for p in self._params):
             return None
         return _extension._C.lbfgs.FlatParams.of(self._params)
 

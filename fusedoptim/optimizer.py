@@ -18,9 +18,11 @@ So a step costs O(param groups) in Python plus a few tens of nanoseconds per ten
 
 NOTE: [Reference path]
 Params the kernels can't take (not on the CPU, non-contiguous, sparse grads, duplicated in a
-group) and whole groups with differentiable=True run `fusedoptim._reference`: plain torch ops
-in torch.optim's single-tensor order, on per-param state tensors. It is correct, just not
-fused; device and layout cases warn once (ReferencePathWarning).
+group, tensor subclasses without memory of their own, DTensors whose update is not local: see
+NOTE: [DTensor params] in _dtensor.py) and whole groups with differentiable=True run
+`fusedoptim._reference`: plain torch ops in torch.optim's single-tensor order, on per-param
+state tensors. It is correct, just not fused; device, layout and DTensor cases warn once
+(ReferencePathWarning).
 
 NOTE: [Failed steps change nothing]
 A step first validates every grad (the compiled prepare() for buckets, `_check_step` for the
@@ -33,7 +35,7 @@ import warnings
 import torch
 from torch.optim.optimizer import Optimizer, _get_scalar_dtype, _use_grad_for_differentiable
 
-from fusedoptim import _extension
+from fusedoptim import _dtensor, _extension
 from fusedoptim._state import StateMap
 
 __all__ = ["FusedOptimizer", "ReferencePathWarning"]
@@ -73,6 +75,20 @@ def _flat_view(buffer, offset, param):
     return buffer.narrow(0, offset, param.numel()).view(param.shape)
 
 
+def _fusable_tensor(tensor):
+    """Whether the kernels can take `tensor` (a param, or a DTensor param's local shard)."""
+    return (
+        tensor.device.type == "cpu" and tensor.dtype in _FUSED_DTYPES and tensor.is_contiguous()
+        and tensor.layout == torch.strided and _dtensor.has_own_memory(tensor)
+    )
+
+
+def _tensor_kind(tensor):
+    """What a tensor is, for the ReferencePathWarning."""
+    kind = f"{tensor.device.type}/{tensor.dtype}/{'contiguous' if tensor.is_contiguous() else 'strided'}"
+    return kind if _dtensor.has_own_memory(tensor) else f"{kind} {type(tensor).__name__} without memory of its own"
+
+
 def _reusable_state(value, param):
     """Whether an existing state tensor can be swept in place (it stays the live tensor)."""
     return (
@@ -94,16 +110,28 @@ class _Bucket:
     A param with state keeps its state tensors when they can be swept in place, so references
     to them stay live as in torch.optim; the others (first step, or after load_state_dict,
     which must not alias the loaded dict) get views of one new flat buffer per state name.
+    A bucket holds plain params or DTensor params, never both: for DTensors the kernels run on
+    aliases of the local shards and the state holds DTensors over the local state views
+    (NOTE: [DTensor params] in _dtensor.py).
     """
 
     def __init__(self, params, names, group, optimizer, slot_states, copy_existing):
         self.params = params
+        self.is_dtensor = _dtensor.is_dtensor(params[0])
+        # What a sum over this bucket's elements must be all-reduced over (LAMB's grad norm).
+        self.reduction_key = _dtensor.reduction_key(params[0])
+        if self.is_dtensor:
+            self.local_sources = [p._local_tensor for p in params]
+            self.kernel_params = kernel_params = [_dtensor.local_alias(p) for p in params]
+        else:
+            self.kernel_params = kernel_params = params
         self.state_names = state_names = optimizer._state_names(group)
         self.scalar_names = scalar_names = optimizer._scalar_names(group)
         step_dtype = optimizer._step_dtype(group)
         n = len(params)
         self.has_slot = [st is not None for st in slot_states]
-        self.states = {name: [None] * n for name in state_names}
+        self.states = {name: [None] * n for name in state_names}  # what the kernels sweep
+        self.state_values = {name: [None] * n for name in state_names}  # what optimizer.state holds
         self.scalars = {name: [None] * n for name in scalar_names}
         needs_storage = {name: [] for name in state_names}
         needs_scalar = {name: [] for name in scalar_names}
@@ -116,8 +144,10 @@ class _Bucket:
                     # switched on after the state was made: torch's step fails the same way.
                     raise KeyError(name)
                 value = st.get(name)
-                if not copy_existing and _reusable_state(value, p):
-                    self.states[name][i] = value
+                local = value._local_tensor if _dtensor.is_dtensor(value) else value
+                if not copy_existing and _reusable_state(local, kernel_params[i]):
+                    self.states[name][i] = local
+                    self.state_values[name][i] = value
                 else:
                     needs_storage[name].append(i)
             for name in scalar_names:
@@ -131,19 +161,21 @@ class _Bucket:
             offsets, total = [], 0
             for i in indices:
                 offsets.append(total)
-                size = params[i].numel() * (2 if params[i].is_complex() else 1)
+                size = kernel_params[i].numel() * (2 if kernel_params[i].is_complex() else 1)
                 total += -(-size // _OFFSET_ALIGNMENT) * _OFFSET_ALIGNMENT
             buffer = torch.zeros(total, dtype=dtype)
             for i, offset in zip(indices, offsets):
-                view = _flat_view(buffer, offset, params[i])
+                view = _flat_view(buffer, offset, kernel_params[i])
                 old = slot_states[i].get(name)
                 if isinstance(old, torch.Tensor):
-                    view.copy_(old.detach())  # carry over what the state held
+                    # Carry over what the state held (a DTensor's local shard: same placements).
+                    view.copy_((old._local_tensor if _dtensor.is_dtensor(old) else old).detach())
                 else:
                     initial = optimizer._initial_state(group, name)
                     if initial != 0:
                         view.fill_(complex(initial, initial) if view.is_complex() else initial)
                 self.states[name][i] = view
+                self.state_values[name][i] = _dtensor.wrap_like(view, params[i]) if self.is_dtensor else view
         for name, indices in needs_scalar.items():
             if not indices:
                 continue
@@ -157,7 +189,7 @@ class _Bucket:
                 self.scalars[name][i] = values[k]
         first_step = [int(optimizer._first_step(st)) if st is not None else 0 for st in slot_states]
         self.compiled = _extension._C.Bucket(
-            params, names, [self.states[name] for name in state_names],
+            kernel_params, names, [self.states[name] for name in state_names],
             [self.scalars[name] for name in scalar_names], first_step,
         )
 
@@ -171,8 +203,24 @@ class _Bucket:
                 if entry.get(name) is not self.scalars[name][i]:
                     dict.__setitem__(entry, name, self.scalars[name][i])
             for name in self.state_names:
-                if entry.get(name) is not self.states[name][i]:
-                    dict.__setitem__(entry, name, self.states[name][i])
+                if entry.get(name) is not self.state_values[name][i]:
+                    dict.__setitem__(entry, name, self.state_values[name][i])
+
+    def attach_local_grads(self):
+        """Gives each local alias its DTensor grad's local tensor, for the compiled prepare().
+        False (and nothing attached) if the plan no longer fits: a param's local tensor was
+        replaced, or its grad is laid out otherwise than the param (the reference path's)."""
+        for p, source, alias in zip(self.params, self.local_sources, self.kernel_params):
+            grad = p.grad
+            if p._local_tensor is not source or (grad is not None and not _dtensor.grad_like(grad, p)):
+                self.release_local_grads()
+                return False
+            alias.grad = None if grad is None else grad._local_tensor
+        return True
+
+    def release_local_grads(self):
+        for alias in self.kernel_params:
+            alias.grad = None
 
 
 class _Plan:
@@ -186,9 +234,10 @@ class _Plan:
         for g, group in enumerate(optimizer.param_groups):
             params = group["params"]
             fused, reference = optimizer._split_group(g, group)
-            by_dtype = {}
+            by_kind = {}
             for i in fused:
-                by_dtype.setdefault(_real_dtype(params[i].dtype), []).append(i)
+                kind = (_real_dtype(params[i].dtype), _dtensor.reduction_key(params[i]))
+                by_kind.setdefault(kind, []).append(i)
 
             def slot_state(p):
                 # A param gets a slot in the flat buffers if it has state, or will get it
@@ -209,17 +258,29 @@ class _Plan:
                     [slot_state(params[i]) for i in indices],
                     copy_existing=after_load,
                 )
-                for indices in by_dtype.values()
+                for indices in by_kind.values()
             ]
             self.groups.append((group, buckets, [params[i] for i in reference]))
 
     def prepare(self):
-        """Validates all grads and fills the tables; False if the plan must be rebuilt."""
+        """Validates all grads and fills the tables; False if the plan must be rebuilt.
+        DTensor buckets hold their local grads until release_local_grads()."""
         ready = True
         for _, buckets, _ in self.groups:
             for bucket in buckets:
+                if bucket.is_dtensor and not bucket.attach_local_grads():
+                    ready = False
+                    continue
                 ready &= bucket.compiled.prepare() == 0
+        if not ready:
+            self.release_local_grads()
         return ready
+
+    def release_local_grads(self):
+        for _, buckets, _ in self.groups:
+            for bucket in buckets:
+                if bucket.is_dtensor:
+                    bucket.release_local_grads()
 
     def commit(self, state):
         for _, buckets, _ in self.groups:
@@ -287,6 +348,12 @@ class FusedOptimizer(Optimizer):
     def _step_dtype(self, group):
         """The dtype of 0-dim states: torch.optim's _get_scalar_dtype(is_fused=group's fused)."""
         return _get_scalar_dtype(is_fused=group.get("fused"))
+
+    def _needs_whole_tensor(self, group):
+        """None if this group's update of a param can run on each local shard of a sharded
+        DTensor (elementwise, or with reductions the optimizer all-reduces itself); else why
+        not, for the ReferencePathWarning."""
+        return None
 
     def _fused_step(self, group, bucket):
         raise NotImplementedError
@@ -374,37 +441,75 @@ class FusedOptimizer(Optimizer):
             return [], list(range(len(params)))
         if len(set(params)) != len(params):
             return [], list(range(len(params)))  # duplicates: torch updates them twice
-        fused, reference, unsupported = [], [], []
+        fused, reference, unsupported = [], [], []  # unsupported: what they are, for the warning
         for i, p in enumerate(params):
+            if _dtensor.is_dtensor(p):
+                fusable, unsupported_kind = self._dtensor_path(group, p)
+                (fused if fusable else reference).append(i)
+                if unsupported_kind is not None:
+                    unsupported.append(unsupported_kind)
+                continue
             grad = p.grad
-            if p.device.type != "cpu" or p.dtype not in _FUSED_DTYPES or not p.is_contiguous() or p.layout != torch.strided:
-                unsupported.append(p)
+            if not _fusable_tensor(p):
+                unsupported.append(_tensor_kind(p))
                 reference.append(i)
-            elif grad is not None and grad.layout != torch.strided:
+            elif grad is not None and (grad.layout != torch.strided or not _dtensor.has_own_memory(grad)):
                 reference.append(i)
             else:
                 fused.append(i)
         if unsupported and not self._warned_reference_path:
             self._warned_reference_path = True
-            kinds = sorted({f"{p.device.type}/{p.dtype}/{'contiguous' if p.is_contiguous() else 'strided'}" for p in unsupported})
             warnings.warn(
                 f"fusedoptim.{type(self).__name__}: {len(unsupported)} params of param_groups[{g}] "
-                f"({', '.join(kinds)}) have no fused kernel here and take the plain-torch reference path",
+                f"({', '.join(sorted(set(unsupported)))}) have no fused kernel here and take the plain-torch "
+                "reference path",
                 ReferencePathWarning,
                 stacklevel=4,
             )
         return fused, reference
 
+    def _dtensor_path(self, group, p):
+        """(whether DTensor `p` takes the fused path, None or what it is if it lastingly can't)
+        (NOTE: [DTensor params] in _dtensor.py)."""
+        local = p._local_tensor
+        if not _fusable_tensor(local):
+            return False, f"DTensor of local {_tensor_kind(local)}"
+        if not _dtensor.local_placements(p):
+            return False, f"DTensor on {p.placements}"
+        why_whole = self._needs_whole_tensor(group)
+        if why_whole is not None and _dtensor.is_sharded(p):
+            return False, f"sharded DTensor: {why_whole} needs the whole tensor"
+        grad = p.grad
+        if grad is not None and not (
+            _dtensor.grad_like(grad, p) and grad._local_tensor.layout == torch.strided
+            and _dtensor.has_own_memory(grad._local_tensor)
+        ):
+            return False, None  # torch's DTensor ops redistribute (or refuse) it
+        state = self.state.get(p)
+        if state:
+            for name in self._state_names(group):
+                value = state.get(name)
+                if isinstance(value, torch.Tensor) and not _dtensor.same_spec(value, p):
+                    return False, None  # a state laid out otherwise: torch's DTensor ops decide
+            for name in self._scalar_names(group):
+                if _dtensor.is_dtensor(state.get(name)):
+                    return False, None
+        return True, None
+
     def _ready_plan(self):
         plan = self._plan
         if plan is None or not self._plan_is_current(plan):
             plan = _Plan(self)
-        if not plan.prepare():
-            plan = _Plan(self)
+        try:
             if not plan.prepare():
-                raise AssertionError("fusedoptim: a freshly built plan does not fit its params")
-        for group, _, reference in plan.groups:
-            self._check_step(group, [p for p in reference if p.grad is not None])
+                plan = _Plan(self)
+                if not plan.prepare():
+                    raise AssertionError("fusedoptim: a freshly built plan does not fit its params")
+            for group, _, reference in plan.groups:
+                self._check_step(group, [p for p in reference if p.grad is not None])
+        except BaseException:
+            plan.release_local_grads()  # a plan that is not ready has released them already
+            raise
         if plan is not self._plan:
             plan.commit(self.state)
             self._plan = plan
@@ -434,17 +539,20 @@ class FusedOptimizer(Optimizer):
             self.state = StateMap(self.state)
         plan = self._ready_plan()
         fused = reference = 0
-        for group, buckets, reference_params in plan.groups:
-            for bucket in buckets:
-                if bucket.compiled.num_entries:
-                    self._fused_step(group, bucket.compiled)
-                    fused += bucket.compiled.num_entries
-            with_grad = [p for p in reference_params if p.grad is not None]
-            if with_grad:
-                version = self.state.version
-                self._reference_step(group, with_grad)
-                if plan.state_version == version:
-                    plan.state_version = self.state.version  # the reference path's own state
-                reference += len(with_grad)
+        try:
+            for group, buckets, reference_params in plan.groups:
+                for bucket in buckets:
+                    if bucket.compiled.num_entries:
+                        self._fused_step(group, bucket.compiled)
+                        fused += bucket.compiled.num_entries
+                with_grad = [p for p in reference_params if p.grad is not None]
+                if with_grad:
+                    version = self.state.version
+                    self._reference_step(group, with_grad)
+                    if plan.state_version == version:
+                        plan.state_version = self.state.version  # the reference path's own state
+                    reference += len(with_grad)
+        finally:
+            plan.release_local_grads()
         self.last_step_paths = {"fused": fused, "reference": reference}
         return loss

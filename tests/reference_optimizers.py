@@ -30,7 +30,8 @@ Lion (Chen et al. 2023; as lucidrains/lion-pytorch writes it)::
     m     = beta2 * m + (1 - beta2) * g
 
 Complex params are treated as pairs of real numbers (``torch.view_as_real``), as torch.optim
-does.  With ``differentiable=True`` the step runs under autograd and every quantity (the
+does. DTensor params (FSDP2) run the same ops on the DTensors; every norm is made whole with
+``full_tensor()`` first, since a DTensor's ``.item()`` reads only this rank's part of a reduction.  With ``differentiable=True`` the step runs under autograd and every quantity (the
 global grad norm, the trust ratio, a Tensor lr that requires grad) stays a tensor, so the
 step is differentiable with respect to all its inputs.
 """
@@ -52,6 +53,12 @@ def _scalar_dtype():
 
 def _as_real(t):
     return torch.view_as_real(t) if t.is_complex() else t
+
+
+def _whole(reduction):
+    """The value of a reduction over a whole tensor: a reduction of a DTensor is partial on each
+    rank (its ``.item()`` reads this rank's part), ``full_tensor()`` all-reduces it."""
+    return reduction.full_tensor() if hasattr(reduction, "full_tensor") else reduction
 
 
 def _check_lr(lr):
@@ -156,9 +163,9 @@ class LAMB(_StepMixin, Optimizer):
                     raise RuntimeError("LAMB does not support sparse gradients")
                 g = _as_real(p.grad)
                 if differentiable:
-                    sq.append(g.to(torch.float64).pow(2).sum())
+                    sq.append(_whole(g.to(torch.float64).pow(2).sum()))
                 else:
-                    sq.append(torch.linalg.vector_norm(g.detach(), dtype=torch.float64).item() ** 2)
+                    sq.append(_whole(torch.linalg.vector_norm(g.detach(), dtype=torch.float64)).item() ** 2)
         if differentiable:
             return torch.stack(sq).sum().sqrt() if sq else torch.zeros((), dtype=torch.float64)
         return math.sqrt(sum(sq))
@@ -212,13 +219,13 @@ class LAMB(_StepMixin, Optimizer):
                     update = update.add(param, alpha=wd)
                 if wd != 0 or group["always_adapt"]:
                     if diff:
-                        p_norm = torch.linalg.vector_norm(param.clone())
-                        u_norm = torch.linalg.vector_norm(update)
+                        p_norm = _whole(torch.linalg.vector_norm(param.clone()))
+                        u_norm = _whole(torch.linalg.vector_norm(update))
                         ratio = torch.where((p_norm > 0) & (u_norm > 0),
                                             p_norm / torch.where(u_norm > 0, u_norm, 1.0), 1.0)
                     else:
-                        p_norm = torch.linalg.vector_norm(param, dtype=torch.float64).item()
-                        u_norm = torch.linalg.vector_norm(update, dtype=torch.float64).item()
+                        p_norm = _whole(torch.linalg.vector_norm(param, dtype=torch.float64)).item()
+                        u_norm = _whole(torch.linalg.vector_norm(update, dtype=torch.float64)).item()
                         ratio = p_norm / u_norm if p_norm != 0 and u_norm != 0 else 1.0
                 else:
                     ratio = 1.0

@@ -199,6 +199,17 @@ class LBFGS(_TorchLBFGS):
     # torch.optim.LBFGS's own; isinstance(opt, torch.optim.LBFGS) holds, as code that special-
     # cases LBFGS's closure expects.
 
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        # torch.optim's loader keeps the dict's tensors where dtype and device already match,
+        # and the step writes prev_flat_grad in place: copies, so the source never changes.
+        for entry in self.state.values():
+            for key, value in entry.items():
+                if isinstance(value, torch.Tensor):
+                    entry[key] = value.clone()
+                elif isinstance(value, list):
+                    entry[key] = [v.clone() if isinstance(v, torch.Tensor) else v for v in value]
+
     def _flat_params(self):
         """The params as one flat vector for the kernels, or None (torch's step runs)."""
         if not _extension.extension_available():

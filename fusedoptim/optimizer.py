@@ -312,6 +312,8 @@ class FusedOptimizer(Optimizer):
         self.state = StateMap(self.state)
         self.last_step_paths = {"fused": 0, "reference": 0}
         self._warned_reference_path = False
+        if defaults.get("fused"):
+            self._step_supports_amp_scaling = True  # NOTE: [GradScaler with fused=True]
 
     # ---- what each algorithm defines ------------------------------------------------
     def _state_names(self, group):
@@ -515,6 +517,25 @@ class FusedOptimizer(Optimizer):
             self._plan = plan
         return plan
 
+    # NOTE: [GradScaler with fused=True]
+    # As torch.optim's fused optimizers, a fused=True one sets _step_supports_amp_scaling, so
+    # torch.amp.GradScaler does not unscale its grads (nor refuse fp16 ones) but sets
+    # `grad_scale` and `found_inf` and calls step() even after an overflow. torch's fused
+    # kernels then unscale the grads in place and update, or, on an overflow, leave params,
+    # grads and `step` as they were; Adam's first step still creates its (zero) state. We do
+    # the same around our kernels: the grads are divided by the scale first, as torch's
+    # kernels divide, then the step runs. (torch's fused SGD leaves an uninitialized momentum
+    # buffer after an overflowed first step; SGD here creates no state then.)
+    def _skip_overflowed_step(self):
+        if self._has_step:
+            self._ready_plan()  # the state a first step creates, at step 0
+        self.last_step_paths = {"fused": 0, "reference": 0}
+
+    def _unscale_grads(self, grad_scale):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if grads:
+            torch._foreach_div_(grads, grad_scale.reshape(()).to(grads[0].device))
+
     # NOTE: [Steps under torch.compile]
     # Inside a torch.compile'd training step, dynamo would trace into step() up to the first
     # call into the extension and compile the Python around it, specializing on every
@@ -537,6 +558,12 @@ class FusedOptimizer(Optimizer):
                 loss = closure()
         if not isinstance(self.state, StateMap):
             self.state = StateMap(self.state)
+        grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
+        if found_inf is not None and found_inf.item() != 0:
+            self._skip_overflowed_step()
+            return loss
+        if grad_scale is not None:
+            self._unscale_grads(grad_scale)
         plan = self._ready_plan()
         fused = reference = 0
         try:

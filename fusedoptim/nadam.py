@@ -66,6 +66,11 @@ class NAdam(FusedOptimizer):
     def _initial_scalar(self, group, name):
         return 1.0 if name == "mu_product" else 0.0
 
+    def _reference_group(self, group):
+        # Tensor betas: torch computes the moment weights and bias corrections in the betas'
+        # dtype, tensor arithmetic the fused host code does not replay; torch's own step does.
+        return super()._reference_group(group) or any(isinstance(b, torch.Tensor) for b in group["betas"])
+
     def _state_names(self, group):
         return ("exp_avg", "exp_avg_sq")
 

@@ -343,9 +343,13 @@ class FusedOptimizer(Optimizer):
     def _layout_key(self, group):
         """Options whose change needs a new plan (they change states or routing)."""
         return (
-            tuple(self._state_names(group)), tuple(self._scalar_names(group)), bool(group.get("differentiable")),
+            tuple(self._state_names(group)), tuple(self._scalar_names(group)), self._reference_group(group),
             self._step_dtype(group),
         )
+
+    def _reference_group(self, group):
+        """Whether every param of `group` takes the reference path (differentiable=True)."""
+        return bool(group.get("differentiable"))
 
     def _step_dtype(self, group):
         """The dtype of 0-dim states: torch.optim's _get_scalar_dtype(is_fused=group's fused)."""
@@ -439,7 +443,7 @@ class FusedOptimizer(Optimizer):
     def _split_group(self, g, group):
         """Indices of a group's params for the fused path and for the reference path."""
         params = group["params"]
-        if not _extension.extension_available() or group.get("differentiable"):
+        if not _extension.extension_available() or self._reference_group(group):
             return [], list(range(len(params)))
         if len(set(params)) != len(params):
             return [], list(range(len(params)))  # duplicates: torch updates them twice

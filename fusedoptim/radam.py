@@ -57,6 +57,11 @@ class RAdam(FusedOptimizer):
         }
         super().__init__(params, defaults)
 
+    def _reference_group(self, group):
+        # Tensor betas: torch computes the moment weights and bias corrections in the betas'
+        # dtype, tensor arithmetic the fused host code does not replay; torch's own step does.
+        return super()._reference_group(group) or any(isinstance(b, torch.Tensor) for b in group["betas"])
+
     def _state_names(self, group):
         return ("exp_avg", "exp_avg_sq")
 

@@ -352,30 +352,16 @@ def test_reduce_lr_on_plateau_case_reduces_several_times():
 
 
 TENSOR_BETAS_OPTIMS = ("Adam", "AdamW", "Adamax", "NAdam", "RAdam")
-# (optimizer, dtype of the betas, schedule) that fail: see _TENSOR_BETAS_BUG
-TENSOR_BETAS_MISMATCHES = {
-    ("NAdam", torch.float32, None), ("NAdam", torch.float64, None), ("RAdam", torch.float32, None),
-    ("Adamax", torch.float32, None),
-    ("NAdam", torch.float32, "OneCycleLR"), ("RAdam", torch.float32, "OneCycleLR"),
-}
-_TENSOR_BETAS_BUG = (
-    "fusedoptim bug: with Tensor betas, torch.optim's NAdam, RAdam and Adamax compute their bias "
-    "corrections (NAdam's mu, RAdam's rho) in tensor arithmetic of the betas' dtype; fusedoptim's fused "
-    "step converts the betas to Python floats (_scalar) and computes in double (Adam and AdamW replay "
-    "torch's expressions, NOTE: [Tensor hyperparameters]): fp64 params differ by 1e-10 (NAdam, fp64 "
-    "betas) to 1e-7 (float32 betas) relative"
-)
 
 
 @pytest.mark.parametrize("schedule", [None, "OneCycleLR"], ids=["no_schedule", "OneCycleLR"])
 @pytest.mark.parametrize("betas_dtype", [torch.float32, torch.float64], ids=["betas32", "betas64"])
 @pytest.mark.parametrize("optim", TENSOR_BETAS_OPTIMS)
-def test_momentum_cycling_with_tensor_betas(optim, betas_dtype, schedule, request):
+def test_momentum_cycling_with_tensor_betas(optim, betas_dtype, schedule):
     """Momentum cycling writes a float beta1 next to a Tensor beta2 (torch's own Adam refuses
     such betas at construction, not in the step): the same as torch, and so is the run without
-    a schedule that it starts from."""
-    if (optim, betas_dtype, schedule) in TENSOR_BETAS_MISMATCHES:
-        request.node.add_marker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=_TENSOR_BETAS_BUG))
+    a schedule that it starts from. (NAdam, RAdam and Adamax take torch's own step while a
+    beta is a Tensor: their _reference_group.)"""
     values, grads = _scheduler_data(seed=52)
 
     def run(cls):

@@ -105,7 +105,9 @@ void Bucket::probe(int64_t begin, int64_t end) {
     if (!grad.defined()) {
       out.status = Probe::kNoGrad;
     } else if (param.scalar_type() != param_dtypes_[i] || param.numel() != param_numels_[i] ||
-               param.device().type() != cpu || !param.is_contiguous() || grad.layout() != c10::kStrided) {
+               param.device().type() != cpu || !param.is_contiguous() || grad.layout() != c10::kStrided ||
+               // A tensor subclass (a DTensor grad, say) has no memory of its own to sweep.
+               grad.unsafeGetTensorImpl()->is_python_dispatch()) {
       out.status = Probe::kNeedsRebuild;
     } else if (grad.scalar_type() != param.scalar_type() || grad.sizes() != param.sizes() ||
                grad.device() != param.device()) {

@@ -7,6 +7,8 @@ import copy
 import pytest
 import torch
 
+import fusedoptim
+
 from helpers import (
     NUM_STEPS,
     as_params,
@@ -332,3 +334,24 @@ def test_load_partial_state_then_new_params_get_grads(config, request):
         o_f.step()
     assert_runs_match(o_f, o_t, p_f, p_t, config)
     assert len(grads) == NUM_STEPS
+
+
+def test_grad_becoming_a_tensor_subclass_takes_the_reference_path():
+    """A grad that turns into a wrapper subclass (no memory of its own, like a DTensor) after
+    the plan was built is not swept by the kernels: the plan is rebuilt and the param takes
+    the reference path, which does what torch.optim does with it."""
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    def run(optimizer_class):
+        param = torch.arange(5.0, requires_grad=True)
+        optimizer = optimizer_class([param], lr=0.1, momentum=0.9)
+        param.grad = torch.ones(5)
+        optimizer.step()
+        param.grad = TwoTensor(torch.full((5,), 2.0), torch.full((5,), 3.0))
+        optimizer.step()
+        return optimizer, param
+
+    optimizer, param = run(fusedoptim.SGD)
+    assert optimizer.last_step_paths == {"fused": 0, "reference": 1}
+    _, torch_param = run(torch.optim.SGD)
+    assert torch.equal(param.detach(), torch_param.detach())

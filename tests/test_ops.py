@@ -180,3 +180,81 @@ def test_op_errors_name_the_problem(bad, message):
     with pytest.raises(RuntimeError, match=message):
         torch.ops.fusedoptim.adam_(**kwargs)
     assert all(torch.equal(p, q) for p, q in zip(params, before))
+
+
+# ------------------------------------------------------------------ LBFGS's passes as ops
+
+def _lbfgs_inputs(dtype=torch.float64, history=3):
+    generator = torch.Generator().manual_seed(7)
+
+    def vector(n):
+        return torch.randn(n, generator=generator, dtype=torch.float64).to(dtype)
+
+    params = [vector(5), vector(6).view(2, 3), vector(33)]
+    grads = [vector(5), None, vector(33)]
+    numel = 44
+    return dict(params=params, grads=grads, direction=vector(numel), grad=vector(numel),
+                prev_grad=vector(numel), old_dirs=[vector(numel) for _ in range(history)],
+                old_stps=[vector(numel) for _ in range(history)],
+                ro=[torch.tensor(0.5 + i, dtype=dtype) for i in range(history)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lbfgs_ops_match_the_optimizer_passes(dtype):
+    """Each op gives what fusedoptim.LBFGS's own call of the same pass gives, bit for bit."""
+    x = _lbfgs_inputs(dtype)
+    lbfgs, ops = fusedoptim._extension._C.lbfgs, torch.ops.fusedoptim
+    params = [p.clone() for p in x["params"]]
+    for p, g in zip(params, x["grads"]):
+        p.grad = g
+    flat = lbfgs.FlatParams.of(params)
+
+    def same(a, b):
+        assert len(a) == len(b) and all(torch.equal(u, v) for u, v in zip(a, b))
+
+    same(ops.lbfgs_gather_grads(x["params"], x["grads"], x["direction"]), flat.gather_grads(x["direction"]))
+    vec, max_abs, dot = ops.lbfgs_gather_grads(x["params"], x["grads"], None)
+    same((vec, max_abs), flat.gather_grads()[:2])
+    assert dot.item() == 0
+    assert torch.equal(ops.lbfgs_gather_params(x["params"]), flat.gather_params())
+    same(ops.lbfgs_first_direction(x["grad"]), lbfgs.first_direction(x["grad"]))
+    prev_for_op, prev_for_pass = x["prev_grad"].clone(), x["prev_grad"].clone()
+    same(ops.lbfgs_update_memory(x["grad"], prev_for_op, x["direction"], 0.25),
+         lbfgs.update_memory(x["grad"], prev_for_pass, x["direction"], 0.25))
+    assert torch.equal(prev_for_op, x["grad"]) and torch.equal(prev_for_pass, x["grad"])
+    same(ops.lbfgs_two_loop(x["grad"], x["old_dirs"], x["old_stps"], x["ro"], 0.7),
+         lbfgs.two_loop(x["grad"], x["old_dirs"], x["old_stps"], x["ro"], 0.7))
+    same(ops.lbfgs_max_abs_and_dot(x["grad"], x["direction"]), lbfgs.max_abs_and_dot(x["grad"], x["direction"]))
+    origin = torch.zeros(44, dtype=dtype)
+    op_params = [p.clone() for p in x["params"]]
+    ops.lbfgs_add_step(op_params, origin, 0.5, x["direction"])
+    flat.add_step(origin, 0.5, x["direction"])
+    same(op_params, params)
+
+
+LBFGS_OPCHECK_CASES = {
+    "lbfgs_gather_grads": lambda x: (x["params"], x["grads"], x["direction"]),
+    "lbfgs_gather_params": lambda x: (x["params"],),
+    "lbfgs_add_step": lambda x: (x["params"], None, 0.5, x["direction"]),
+    "lbfgs_first_direction": lambda x: (x["grad"],),
+    "lbfgs_update_memory": lambda x: (x["grad"], x["prev_grad"], x["direction"], 0.25),
+    "lbfgs_two_loop": lambda x: (x["grad"], x["old_dirs"], x["old_stps"], x["ro"], 0.7),
+    "lbfgs_max_abs_and_dot": lambda x: (x["grad"], x["direction"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LBFGS_OPCHECK_CASES))
+def test_lbfgs_opcheck(name):
+    op = getattr(torch.ops.fusedoptim, name).default
+    torch.library.opcheck(op, LBFGS_OPCHECK_CASES[name](_lbfgs_inputs()))
+
+
+def test_lbfgs_op_rejects_params_it_cannot_flatten():
+    with pytest.raises(RuntimeError, match="lbfgs_gather_params: params must be non-overlapping contiguous CPU"):
+        torch.ops.fusedoptim.lbfgs_gather_params([torch.zeros(4, dtype=torch.float16)])
+
+
+def test_every_registered_op_is_checked():
+    registered = {name.split("::")[1] for name in torch._C._dispatch_get_all_op_names()
+                  if name.startswith("fusedoptim::")}
+    assert registered == set(STEP_OPS) | {"grad_squares"} | set(LBFGS_OPCHECK_CASES)

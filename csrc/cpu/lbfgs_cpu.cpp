@@ -5,7 +5,8 @@
 // one flat vector, writing a trial point into the params, the memory update and the two-loop
 // recursion. Each pass is one at::parallel_for that also computes the dots, sums and maxima
 // the Python side asks for next. The passes themselves are in lbfgs_passes.h; this file checks
-// and unpacks tensors, picks the instruction set, and registers fusedoptim._C.lbfgs.
+// and unpacks tensors, picks the instruction set, and registers fusedoptim._C.lbfgs (for
+// fusedoptim.LBFGS) and the same passes as ops, torch.ops.fusedoptim.lbfgs_*.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -16,6 +17,7 @@
 
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
+#include <torch/library.h>
 
 #include "cpu/dispatch.h"
 
@@ -223,11 +225,16 @@ class FlatParams {
   // can't be read as it is (sparse, strided, another dtype or size): the caller then gathers
   // as torch does.
   std::optional<std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>>> gather_grads(
-      const std::optional<at::Tensor>& direction, const std::optional<at::Tensor>& out_buffer) {
+      const std::optional<at::Tensor>& direction, const std::optional<at::Tensor>& out_buffer,
+      const std::vector<std::optional<at::Tensor>>* given_grads = nullptr) {
     refresh();
+    TORCH_CHECK(!given_grads || given_grads->size() == params_.size(), "fusedoptim: ", given_grads->size(),
+                " grads for ", params_.size(), " params");
     std::vector<const void*> grads(params_.size(), nullptr);
+    const at::Tensor undefined;
     for (size_t i = 0; i < params_.size(); ++i) {
-      const at::Tensor& grad = params_[i].unsafeGetTensorImpl()->grad();
+      const at::Tensor& grad = !given_grads ? params_[i].unsafeGetTensorImpl()->grad()
+                               : (*given_grads)[i] ? *(*given_grads)[i] : undefined;
       if (!grad.defined()) continue;
       if (grad.layout() != c10::kStrided || !grad.device().is_cpu() || grad.scalar_type() != params_[i].scalar_type() ||
           grad.numel() != params_[i].numel() || !grad.is_contiguous())
@@ -238,7 +245,6 @@ class FlatParams {
     at::Tensor out = flat_output(out_buffer);
     Reduction r;
     {
-      py::gil_scoped_release no_gil;
       r = run_passes(dtype_, [&](auto passes, auto zero) {
         using T = decltype(zero);
         return passes.gather_grads(offsets_.data(), count(), grads.data(), data_of<T>(out), data_of<T>(direction));
@@ -253,7 +259,6 @@ class FlatParams {
   at::Tensor gather_params(const std::optional<at::Tensor>& out_buffer) {
     refresh();
     at::Tensor out = flat_output(out_buffer);
-    py::gil_scoped_release no_gil;
     run_passes(dtype_, [&](auto passes, auto zero) {
       using T = decltype(zero);
       passes.gather_params(offsets_.data(), count(), data_.data(), data_of<T>(out));
@@ -269,7 +274,6 @@ class FlatParams {
     check_flat(direction, "the direction", dtype_, numel());
     if (origin) check_flat(*origin, "the line search's origin", dtype_, numel());
     {
-      py::gil_scoped_release no_gil;
       run_passes(dtype_, [&](auto passes, auto zero) {
         using T = decltype(zero);
         // torch casts a Python alpha to the param dtype
@@ -318,7 +322,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> first_direction(const
   at::Tensor d = at::empty_like(grad);
   Reduction r;
   {
-    py::gil_scoped_release no_gil;
     r = run_passes(grad.scalar_type(), [&](auto passes, auto zero) {
       using T = decltype(zero);
       return passes.first_direction(grad.numel(), data_of<T>(grad), data_of<T>(d));
@@ -339,7 +342,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> update_memory(const a
   at::Tensor y = at::empty_like(grad), s = at::empty_like(grad);
   Reduction r;
   {
-    py::gil_scoped_release no_gil;
     r = run_passes(grad.scalar_type(), [&](auto passes, auto zero) {
       using T = decltype(zero);
       return passes.update_memory(grad.numel(), data_of<T>(grad), data_of<T>(prev_grad), data_of<T>(direction),
@@ -401,7 +403,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> two_loop(const at::Te
   }
   Reduction last;
   {
-    py::gil_scoped_release no_gil;
     last = run_passes(dtype, [&](auto passes, auto zero) {
       using T = decltype(zero);
       std::vector<T> ro_t(ro_values.begin(), ro_values.end());
@@ -421,7 +422,6 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> max_abs_and_dot(const at::Tens
   if (direction) check_same_flat(*direction, "the direction", v);
   Reduction r;
   {
-    py::gil_scoped_release no_gil;
     r = run_passes(v.scalar_type(), [&](auto passes, auto zero) {
       using T = decltype(zero);
       return passes.inspect(v.numel(), data_of<T>(v), data_of<T>(direction));
@@ -432,24 +432,103 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> max_abs_and_dot(const at::Tens
   return {scalar_of(r.max_abs, v.scalar_type()), dot};
 }
 
+
+// ---- the same passes as registered ops, torch.ops.fusedoptim.lbfgs_* (fakes: fusedoptim/_ops.py)
+
+FlatParams flat_params_of(const char* op, at::TensorList params) {
+  auto flat = FlatParams::of(params.vec());
+  TORCH_CHECK(flat, "fusedoptim::", op, ": params must be non-overlapping contiguous CPU tensors of one dtype, ",
+              "float32 or float64 (or their complex types), with at least one element in all");
+  return std::move(*flat);
+}
+
+at::Tensor zero_if_absent(const std::optional<at::Tensor>& dot, at::ScalarType dtype) {
+  return dot ? *dot : scalar_of(0.0, dtype);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> op_gather_grads(at::TensorList params,
+                                                               const c10::List<std::optional<at::Tensor>>& grads,
+                                                               const std::optional<at::Tensor>& direction) {
+  FlatParams flat = flat_params_of("lbfgs_gather_grads", params);
+  std::vector<std::optional<at::Tensor>> given(grads.begin(), grads.end());
+  auto gathered = flat.gather_grads(direction, std::nullopt, &given);
+  TORCH_CHECK(gathered, "fusedoptim::lbfgs_gather_grads: grads must be dense contiguous CPU tensors with their ",
+              "params' dtype and size");
+  auto& [vec, max_abs, dot] = *gathered;
+  return {vec, max_abs, zero_if_absent(dot, vec.scalar_type())};
+}
+
+at::Tensor op_gather_params(at::TensorList params) {
+  return flat_params_of("lbfgs_gather_params", params).gather_params(std::nullopt);
+}
+
+void op_add_step(at::TensorList params, const std::optional<at::Tensor>& origin, double t,
+                 const at::Tensor& direction) {
+  flat_params_of("lbfgs_add_step", params).add_step(origin, t, direction);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> op_two_loop(const at::Tensor& grad, at::TensorList old_dirs,
+                                                                        at::TensorList old_stps, at::TensorList ro,
+                                                                        double h_diag) {
+  return two_loop(grad, old_dirs.vec(), old_stps.vec(), ro.vec(), h_diag, std::nullopt);
+}
+
+std::tuple<at::Tensor, at::Tensor> op_max_abs_and_dot(const at::Tensor& v, const std::optional<at::Tensor>& direction) {
+  auto [max_abs, dot] = max_abs_and_dot(v, direction);
+  return {max_abs, zero_if_absent(dot, v.scalar_type())};
+}
+
 }  // namespace
 }  // namespace lbfgs
 
 void register_lbfgs(py::module_& m) {
   using namespace lbfgs;
+  // The passes run without the GIL (the ops of the fragment below are called without it).
+  using no_gil = py::call_guard<py::gil_scoped_release>;
   auto sub = m.def_submodule("lbfgs", "the flat-vector passes of fusedoptim.LBFGS on the CPU");
   py::class_<FlatParams>(sub, "FlatParams")
       .def_static("of", &FlatParams::of, py::arg("params"))
       .def_property_readonly("numel", &FlatParams::numel)
-      .def("gather_grads", &FlatParams::gather_grads, py::arg("direction") = py::none(), py::arg("out") = py::none())
-      .def("gather_params", &FlatParams::gather_params, py::arg("out") = py::none())
-      .def("add_step", &FlatParams::add_step, py::arg("origin"), py::arg("t"), py::arg("direction"));
-  sub.def("first_direction", &first_direction, py::arg("grad"));
-  sub.def("update_memory", &update_memory, py::arg("grad"), py::arg("prev_grad"), py::arg("direction"), py::arg("t"));
+      .def(
+          "gather_grads",
+          [](FlatParams& flat, const std::optional<at::Tensor>& direction, const std::optional<at::Tensor>& out) {
+            return flat.gather_grads(direction, out);
+          },
+          py::arg("direction") = py::none(), py::arg("out") = py::none(), no_gil())
+      .def("gather_params", &FlatParams::gather_params, py::arg("out") = py::none(), no_gil())
+      .def("add_step", &FlatParams::add_step, py::arg("origin"), py::arg("t"), py::arg("direction"), no_gil());
+  sub.def("first_direction", &first_direction, py::arg("grad"), no_gil());
+  sub.def("update_memory", &update_memory, py::arg("grad"), py::arg("prev_grad"), py::arg("direction"), py::arg("t"),
+          no_gil());
   sub.def("two_loop", &two_loop, py::arg("grad"), py::arg("old_dirs"), py::arg("old_stps"), py::arg("ro"),
-          py::arg("h_diag"), py::arg("out") = py::none());
-  sub.def("max_abs_and_dot", &max_abs_and_dot, py::arg("v"), py::arg("direction") = py::none());
+          py::arg("h_diag"), py::arg("out") = py::none(), no_gil());
+  sub.def("max_abs_and_dot", &max_abs_and_dot, py::arg("v"), py::arg("direction") = py::none(), no_gil());
 }
 
 }  // namespace cpu
 }  // namespace fusedoptim
+
+// Outputs that need no direction (dot) are 0. The ops allocate their results; the optimizer's
+// pybind methods above can also write into reusable buffers (NOTE: [Scratch buffers]).
+TORCH_LIBRARY_FRAGMENT(fusedoptim, m) {
+  m.def("lbfgs_gather_grads(Tensor[] params, Tensor?[] grads, Tensor? direction) -> (Tensor, Tensor, Tensor)");
+  m.def("lbfgs_gather_params(Tensor[] params) -> Tensor");
+  m.def("lbfgs_add_step(Tensor(a!)[] params, Tensor? origin, float t, Tensor direction) -> ()");
+  m.def("lbfgs_first_direction(Tensor grad) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("lbfgs_update_memory(Tensor grad, Tensor(a!) prev_grad, Tensor direction, float t) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("lbfgs_two_loop(Tensor grad, Tensor[] old_dirs, Tensor[] old_stps, Tensor[] ro, float h_diag) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("lbfgs_max_abs_and_dot(Tensor v, Tensor? direction) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fusedoptim, CPU, m) {
+  using namespace fusedoptim::cpu::lbfgs;
+  m.impl("lbfgs_gather_grads", &op_gather_grads);
+  m.impl("lbfgs_gather_params", &op_gather_params);
+  m.impl("lbfgs_add_step", &op_add_step);
+  m.impl("lbfgs_first_direction", &first_direction);
+  m.impl("lbfgs_update_memory", &update_memory);
+  m.impl("lbfgs_two_loop", &op_two_loop);
+  m.impl("lbfgs_max_abs_and_dot", &op_max_abs_and_dot);
+}

@@ -13,6 +13,19 @@ need no tracking: they are the buffers the kernels use.
 
 from collections import defaultdict
 
+import torch
+
+
+def copy_loaded_tensors(entry):
+    """Replaces every tensor of a param's state `entry` (also inside lists, as LBFGS keeps
+    them) by a copy, so an optimizer never shares a tensor with the state_dict it loaded:
+    torch.optim's load_state_dict keeps the dict's tensors where dtype and device match."""
+    for key, value in entry.items():
+        if isinstance(value, torch.Tensor):
+            dict.__setitem__(entry, key, value.clone())
+        elif isinstance(value, list):
+            dict.__setitem__(entry, key, [v.clone() if isinstance(v, torch.Tensor) else v for v in value])
+
 
 class ParamState(dict):
     """The state dict of one param; mutations bump the owning StateMap's version."""

@@ -10,6 +10,7 @@ __all__ = ["Adamax"]
 
 
 class Adamax(FusedOptimizer):
+    _tensor_betas_take_reference_path = True
     _sparse_grad_error = "Adamax does not support sparse gradients"
     _has_step = True
     _group_defaults = {"foreach": None, "maximize": False, "differentiable": False, "capturable": False}
@@ -51,11 +52,6 @@ class Adamax(FusedOptimizer):
             "capturable": capturable,
         }
         super().__init__(params, defaults)
-
-    def _reference_group(self, group):
-        # Tensor betas: torch computes the moment weights and bias corrections in the betas'
-        # dtype, tensor arithmetic the fused host code does not replay; torch's own step does.
-        return super()._reference_group(group) or any(isinstance(b, torch.Tensor) for b in group["betas"])
 
     def _state_names(self, group):
         return ("exp_avg", "exp_inf")

@@ -46,6 +46,7 @@ from torch.optim import LBFGS as _TorchLBFGS
 from torch.optim.lbfgs import _cubic_interpolate  # the trial steps must be torch's
 
 from fusedoptim import _dtensor, _extension
+from fusedoptim._state import copy_loaded_tensors
 
 __all__ = ["LBFGS"]
 
@@ -201,14 +202,9 @@ class LBFGS(_TorchLBFGS):
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
-        # torch.optim's loader keeps the dict's tensors where dtype and device already match,
-        # and the step writes prev_flat_grad in place: copies, so the source never changes.
+        # The step writes prev_flat_grad in place: never into the loaded dict's tensor.
         for entry in self.state.values():
-            for key, value in entry.items():
-                if isinstance(value, torch.Tensor):
-                    entry[key] = value.clone()
-                elif isinstance(value, list):
-                    entry[key] = [v.clone() if isinstance(v, torch.Tensor) else v for v in value]
+            copy_loaded_tensors(entry)
 
     def _flat_params(self):
         """The params as one flat vector for the kernels, or None (torch's step runs)."""

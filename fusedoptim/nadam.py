@@ -10,6 +10,7 @@ __all__ = ["NAdam"]
 
 
 class NAdam(FusedOptimizer):
+    _tensor_betas_take_reference_path = True
     _sparse_grad_error = "NAdam does not support sparse gradients"
     _group_defaults = {
         "maximize": False, "foreach": None, "capturable": False, "differentiable": False,
@@ -65,11 +66,6 @@ class NAdam(FusedOptimizer):
 
     def _initial_scalar(self, group, name):
         return 1.0 if name == "mu_product" else 0.0
-
-    def _reference_group(self, group):
-        # Tensor betas: torch computes the moment weights and bias corrections in the betas'
-        # dtype, tensor arithmetic the fused host code does not replay; torch's own step does.
-        return super()._reference_group(group) or any(isinstance(b, torch.Tensor) for b in group["betas"])
 
     def _state_names(self, group):
         return ("exp_avg", "exp_avg_sq")

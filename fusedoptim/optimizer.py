@@ -36,7 +36,7 @@ import torch
 from torch.optim.optimizer import Optimizer, _get_scalar_dtype, _use_grad_for_differentiable
 
 from fusedoptim import _dtensor, _extension
-from fusedoptim._state import StateMap
+from fusedoptim._state import StateMap, copy_loaded_tensors
 
 __all__ = ["FusedOptimizer", "ReferencePathWarning"]
 
@@ -347,8 +347,16 @@ class FusedOptimizer(Optimizer):
             self._step_dtype(group),
         )
 
+    # Algorithms whose fused host code does not replay torch's arithmetic in the dtype of Tensor
+    # betas (torch computes their moment weights and bias corrections in it): such groups take
+    # torch's own step.
+    _tensor_betas_take_reference_path = False
+
     def _reference_group(self, group):
-        """Whether every param of `group` takes the reference path (differentiable=True)."""
+        """Whether every param of `group` takes the reference path (differentiable=True, or
+        Tensor betas where _tensor_betas_take_reference_path)."""
+        if self._tensor_betas_take_reference_path and any(isinstance(b, torch.Tensor) for b in group["betas"]):
+            return True
         return bool(group.get("differentiable"))
 
     def _step_dtype(self, group):
@@ -397,9 +405,7 @@ class FusedOptimizer(Optimizer):
             packed = {p for _, buckets, _ in plan.groups for b in buckets for p, slot in zip(b.params, b.has_slot) if slot}
         for param, entry in self.state.items():
             if param not in packed:
-                for key, value in entry.items():
-                    if isinstance(value, torch.Tensor):
-                        dict.__setitem__(entry, key, value.clone())
+                copy_loaded_tensors(entry)
 
     def __setstate__(self, state):
         super().__setstate__(state)

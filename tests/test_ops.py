@@ -68,6 +68,16 @@ def _fused_configs(configs):
     return [c for c in configs if supported(c)]
 
 
+def _initial_states(optimizer, group, params):
+    """The state lists and 0-dim state lists a first step of `optimizer` starts from."""
+    states = {name: [torch.full_like(p, optimizer._initial_state(group, name)) for p in params]
+              for name in optimizer._state_names(group)}
+    scalars = {name: [torch.tensor(optimizer._initial_scalar(group, name), dtype=optimizer._step_dtype(group))
+                      for _ in params]
+               for name in optimizer._scalar_names(group)}
+    return states, scalars
+
+
 def _make_params(seed):
     generator = torch.Generator().manual_seed(seed)
     return [torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
@@ -81,11 +91,7 @@ def test_op_matches_the_optimizer_step(config):
     optimizer = getattr(fusedoptim, config.optim)(params, **config.fused_kwargs(torch.float32))
     group = optimizer.param_groups[0]
     op_params = [p.clone() for p in initial]
-    states = {name: [torch.full_like(p, optimizer._initial_state(group, name)) for p in op_params]
-              for name in optimizer._state_names(group)}
-    scalars = {name: [torch.tensor(optimizer._initial_scalar(group, name), dtype=optimizer._step_dtype(group))
-                      for _ in op_params]
-               for name in optimizer._scalar_names(group)}
+    states, scalars = _initial_states(optimizer, group, op_params)
     for step in range(NUM_STEPS):
         grads = _make_params(100 + step)
         for p, g in zip(params, grads):
@@ -107,10 +113,7 @@ def _sample_arguments(config):
     optimizer = getattr(fusedoptim, config.optim)([p.clone().requires_grad_() for p in params],
                                                  **config.fused_kwargs(torch.float32))
     group = optimizer.param_groups[0]
-    states = {name: [torch.full_like(p, optimizer._initial_state(group, name)) for p in params]
-              for name in optimizer._state_names(group)}
-    scalars = {name: [torch.tensor(optimizer._initial_scalar(group, name)) for _ in params]
-               for name in optimizer._scalar_names(group)}
+    states, scalars = _initial_states(optimizer, group, params)
     for p in optimizer.param_groups[0]["params"]:
         p.grad = torch.ones_like(p)
     optimizer.step()

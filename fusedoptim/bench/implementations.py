@@ -25,6 +25,11 @@ class Algo:
     torch_impls: Tuple[str, ...] = ("torch.for-loop", "torch.foreach")
 
     @property
+    def label(self) -> str:
+        """How tables name it: the class, and the option that sets its floor."""
+        return f"{self.cls_name} momentum" if self.kwargs.get("momentum") else self.cls_name
+
+    @property
     def num_states(self) -> int:
         """State tensors per param: the floor reads grad + (param + states) and writes
         (param + states), 4 bytes each in fp32."""

@@ -9,6 +9,8 @@ import re
 from dataclasses import asdict, is_dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .implementations import ALGOS
+
 Case = Tuple[str, str, str]  # (layout, algo, dtype)
 
 
@@ -102,11 +104,6 @@ def command_of(meta: Dict[str, object]) -> str:
     return " ".join([head, *argv[1:]])
 
 
-_ALGO_NAMES = {"sgd": "SGD momentum", "adam": "Adam", "adamw": "AdamW", "adagrad": "Adagrad",
-               "adadelta": "Adadelta", "adamax": "Adamax", "asgd": "ASGD", "nadam": "NAdam",
-               "radam": "RAdam", "rmsprop": "RMSprop", "rprop": "Rprop", "lion": "Lion",
-               "lamb": "LAMB"}
-
 
 def markdown_results(doc: Dict[str, object], layouts: Optional[Sequence[str]] = None) -> str:
     """One markdown table per layout of a `--json` document: fusedoptim against the fastest
@@ -135,7 +132,7 @@ def markdown_results(doc: Dict[str, object], layouts: Optional[Sequence[str]] = 
                   "|---|---|---:|---|---:|---:|---:|"]
         for (_, algo, dtype), ours, best in entries:
             lines.append(
-                f"| {_ALGO_NAMES.get(algo, algo)} | {dtype} | {ours['median_ms']:.2f} | "
+                f"| {ALGOS[algo].label if algo in ALGOS else algo} | {dtype} | {ours['median_ms']:.2f} | "
                 f"{best['impl']} | {best['median_ms']:.2f} | "
                 f"{best['median_ms'] / ours['median_ms']:.2f}x | "
                 f"{_fmt(ours.get('pct_ceiling'), '.0f')} |")

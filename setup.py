@@ -1,10 +1,12 @@
 """Builds fusedoptim._C against the installed torch: pip install --no-build-isolation -e ."""
 
+import glob
 import os
 import platform
 
+import torch
 from setuptools import setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join("csrc")
@@ -24,6 +26,26 @@ if IS_X86:
     CPU_ISA_FLAGS["avx512"] = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"]
 
 
+# NOTE: [CUDA build]
+# The CUDA kernels (csrc/cuda/*.cu: one file per algorithm, plus the registry) are built when
+# the installed torch has CUDA and nvcc is found; otherwise the build is CPU-only and CUDA params
+# take the reference path. They include no torch header (NOTE: [CUDA without torch headers]),
+# so tests/test_cuda_sources.py compiles them with nvcc on machines without a CUDA torch too.
+# sm_80 (A100) and sm_90 (H100) code, plus sm_90 PTX for later GPUs; FUSEDOPTIM_CUDA_ARCHS
+# (e.g. "80;90") overrides the list.
+CUDA_SOURCES = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
+WITH_CUDA = torch.version.cuda is not None and CUDA_HOME is not None and os.environ.get("FUSEDOPTIM_NO_CUDA") != "1"
+
+
+def cuda_arch_flags():
+    archs = [a.strip() for a in os.environ.get("FUSEDOPTIM_CUDA_ARCHS", "80;90").split(";") if a.strip()]
+    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    return flags + [f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
+
+
+NVCC_FLAGS = ["-O3", "-std=c++17", "--fmad=false"] + cuda_arch_flags()
+
+
 class BuildWithIsaKernels(BuildExtension):
     def build_extension(self, ext):
         objects = []
@@ -38,33 +60,45 @@ class BuildWithIsaKernels(BuildExtension):
         super().build_extension(ext)
 
 
-ext = CppExtension(
-    name="fusedoptim._C",
-    sources=[
-        os.path.join(CSRC, "bindings.cpp"),
-        os.path.join(CSRC, "bucket.cpp"),
-        os.path.join(CSRC, "ops.cpp"),
-        os.path.join(CSRC, "cpu", "cpu_features.cpp"),
-        os.path.join(CSRC, "cpu", "dispatch.cpp"),
-        os.path.join(CSRC, "cpu", "adadelta_cpu.cpp"),
-        os.path.join(CSRC, "cpu", "adagrad_cpu.cpp"),
-        os.path.join(CSRC, "cpu", "adam_cpu.cpp"),
-        os.path.join(CSRC, "cpu", "adamax_cpu.cpp"),
-        os.path.join(CSRC, "cpu", "asgd_cpu.cpp"),
-        os.path.join(CSRC, "cpu", "lamb_cpu.cpp"),
-        os.path.join(CSRC, "cpu", "lion_cpu.cpp"),
-        os.path.join(CSRC, "cpu", "nadam_cpu.cpp"),
-        os.path.join(CSRC, "cpu", "radam_cpu.cpp"),
-        os.path.join(CSRC, "cpu", "rmsprop_cpu.cpp"),
-        os.path.join(CSRC, "cpu", "rprop_cpu.cpp"),
-        os.path.join(CSRC, "cpu", "sgd_cpu.cpp"),
-        os.path.join(CSRC, "cpu", "lbfgs_cpu.cpp"),
-    ],
-    include_dirs=INCLUDE_DIRS,
-    # torch's CPU build threads with OpenMP (its own libgomp.so.1, which the loader shares
-    # with us): without -fopenmp at::parallel_for would silently run on one thread.
-    extra_compile_args=COMMON_FLAGS + ["-fopenmp"],
-    extra_link_args=["-fopenmp"],
-)
+HOST_SOURCES = [
+    os.path.join(CSRC, "bindings.cpp"),
+    os.path.join(CSRC, "bucket.cpp"),
+    os.path.join(CSRC, "cuda_table.cpp"),
+    os.path.join(CSRC, "ops.cpp"),
+    os.path.join(CSRC, "cpu", "cpu_features.cpp"),
+    os.path.join(CSRC, "cpu", "dispatch.cpp"),
+    os.path.join(CSRC, "cpu", "adadelta_cpu.cpp"),
+    os.path.join(CSRC, "cpu", "adagrad_cpu.cpp"),
+    os.path.join(CSRC, "cpu", "adam_cpu.cpp"),
+    os.path.join(CSRC, "cpu", "adamax_cpu.cpp"),
+    os.path.join(CSRC, "cpu", "asgd_cpu.cpp"),
+    os.path.join(CSRC, "cpu", "lamb_cpu.cpp"),
+    os.path.join(CSRC, "cpu", "lion_cpu.cpp"),
+    os.path.join(CSRC, "cpu", "nadam_cpu.cpp"),
+    os.path.join(CSRC, "cpu", "radam_cpu.cpp"),
+    os.path.join(CSRC, "cpu", "rmsprop_cpu.cpp"),
+    os.path.join(CSRC, "cpu", "rprop_cpu.cpp"),
+    os.path.join(CSRC, "cpu", "sgd_cpu.cpp"),
+    os.path.join(CSRC, "cpu", "lbfgs_cpu.cpp"),
+]
+
+# torch's CPU build threads with OpenMP (its own libgomp.so.1, which the loader shares
+# with us): without -fopenmp at::parallel_for would silently run on one thread.
+if WITH_CUDA:
+    ext = CUDAExtension(
+        name="fusedoptim._C",
+        sources=HOST_SOURCES + CUDA_SOURCES,
+        include_dirs=INCLUDE_DIRS,
+        extra_compile_args={"cxx": COMMON_FLAGS + ["-fopenmp"], "nvcc": NVCC_FLAGS},
+        extra_link_args=["-fopenmp"],
+    )
+else:
+    ext = CppExtension(
+        name="fusedoptim._C",
+        sources=HOST_SOURCES,
+        include_dirs=INCLUDE_DIRS,
+        extra_compile_args=COMMON_FLAGS + ["-fopenmp"],
+        extra_link_args=["-fopenmp"],
+    )
 
 setup(ext_modules=[ext], cmdclass={"build_ext": BuildWithIsaKernels})

@@ -8,6 +8,7 @@
 
 #include "bucket.h"
 #include "cpu/dispatch.h"
+#include "fusedoptim/cuda/launch.h"
 #include "cpu/steps.h"
 
 namespace fusedoptim {
@@ -135,6 +136,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            });
 
   register_lbfgs(m);
+
+  m.def("cuda_kernels_compiled", [] { return fusedoptim::cuda::kernels() != nullptr; });
 
   m.def("cpu_capability", [] { return std::string(capability_name(active_capability())); });
   m.def("set_cpu_capability", [](const std::string& name) { set_active_capability(capability_from_name(name)); });

@@ -5,6 +5,8 @@
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
+#include "cuda_table.h"
+
 namespace fusedoptim {
 namespace {
 
@@ -24,9 +26,11 @@ Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
                std::vector<std::vector<at::Tensor>> states, std::vector<std::vector<at::Tensor>> scalars,
                std::vector<int64_t> first_step)
     : params_(std::move(params)), names_(std::move(names)), states_(std::move(states)), scalars_(std::move(scalars)),
-      first_step_(std::move(first_step)) {
+      first_step_(std::move(first_step)), device_(c10::kCPU) {
   const size_t n = params_.size();
   TORCH_CHECK(n > 0, "fusedoptim: a bucket needs at least one param");
+  device_ = params_[0].device();
+  TORCH_CHECK(device_.is_cpu() || device_.is_cuda(), "fusedoptim: no fused kernels for params on ", device_);
   TORCH_CHECK(names_.size() == n && first_step_.size() == n, "fusedoptim: bucket tables of different lengths");
   TORCH_CHECK(static_cast<int>(states_.size()) <= kMaxSlots - kFirstStateSlot, "fusedoptim: too many states");
   has_slots_ = !states_.empty() || !scalars_.empty();
@@ -38,6 +42,7 @@ Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params_[i];
     TORCH_CHECK(storage_dtype(p.scalar_type()) == dtype_, "fusedoptim: mixed storage dtypes in one bucket");
+    TORCH_CHECK(p.device() == device_, "fusedoptim: params on ", device_, " and ", p.device(), " in one bucket");
     param_dtypes_.push_back(p.scalar_type());
     param_numels_.push_back(p.numel());
     storage_numels_.push_back(p.is_complex() ? 2 * p.numel() : p.numel());
@@ -48,9 +53,9 @@ Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
         has_state_[i] = 0;
         continue;
       }
-      TORCH_CHECK(state.is_cpu() && state.is_contiguous() && state.scalar_type() == p.scalar_type() &&
+      TORCH_CHECK(state.device() == device_ && state.is_contiguous() && state.scalar_type() == p.scalar_type() &&
                       state.numel() == p.numel(),
-                  "fusedoptim: the state of ", names_[i], " must be a contiguous CPU tensor like the param");
+                  "fusedoptim: the state of ", names_[i], " must be a contiguous tensor like the param, on ", device_);
       state_ptrs_[i][s] = state.data_ptr();
     }
     for (size_t k = 0; k < scalars_.size(); ++k) {
@@ -70,7 +75,10 @@ Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
   entries_.reserve(n);
   prefix_.reserve(n + 1);
   entry_params_.reserve(n);
+  if (device_.is_cuda()) device_table_ = std::make_unique<cuda::DeviceTableCache>(device_);
 }
+
+Bucket::~Bucket() = default;
 
 void Bucket::use_grads(std::vector<at::Tensor> grads) {
   TORCH_CHECK(grads.size() == params_.size(), "fusedoptim: ", grads.size(), " grads for ", params_.size(), " params");
@@ -86,7 +94,6 @@ void Bucket::use_grads(std::vector<at::Tensor> grads) {
 // in a compact array; the table is then built from it sequentially.
 void Bucket::probe(int64_t begin, int64_t end) {
   auto impl = [&](int64_t i) { return params_[i].unsafeGetTensorImpl(); };
-  const auto cpu = c10::DeviceType::CPU;
   for (int64_t i = begin; i < end; ++i) {
     if (i + 24 < end) __builtin_prefetch(impl(i + 24));
     if (i + 16 < end) __builtin_prefetch(impl(i + 16)->autograd_meta());
@@ -105,7 +112,7 @@ void Bucket::probe(int64_t begin, int64_t end) {
     if (!grad.defined()) {
       out.status = Probe::kNoGrad;
     } else if (param.scalar_type() != param_dtypes_[i] || param.numel() != param_numels_[i] ||
-               param.device().type() != cpu || !param.is_contiguous() || grad.layout() != c10::kStrided ||
+               param.device() != device_ || !param.is_contiguous() || grad.layout() != c10::kStrided ||
                // A tensor subclass (a DTensor grad, say) has no memory of its own to sweep.
                grad.unsafeGetTensorImpl()->is_python_dispatch()) {
       out.status = Probe::kNeedsRebuild;

@@ -4,6 +4,7 @@
 // one algorithm's run (see <algo>_cpu.cpp).
 #pragma once
 #include <array>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,9 @@
 #include "fusedoptim/bucket_table.h"
 
 namespace fusedoptim {
+namespace cuda {
+class DeviceTableCache;
+}  // namespace cuda
 
 class Bucket {
  public:
@@ -23,9 +27,11 @@ class Bucket {
   // any; scalars[0] is the step counter (ASGD adds eta and mu, NAdam mu_product).
   // first_step[i]: 1 while param i's state holds no values yet (SGD's momentum buffer
   // starts as a copy of the grad).
+  // Params and states live on one device, the CPU or a CUDA device; scalars on the CPU.
   Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
          std::vector<std::vector<at::Tensor>> states, std::vector<std::vector<at::Tensor>> scalars,
          std::vector<int64_t> first_step);
+  ~Bucket();
 
   enum Status : int { kReady = 0, kNeedsRebuild = 1 };
 
@@ -43,6 +49,8 @@ class Bucket {
 
   // For the algorithm runs: the table of the last prepare().
   BucketTable table() const;
+  // The device copy of the table for a CUDA bucket; nullptr for a CPU bucket.
+  cuda::DeviceTableCache* device_table() const { return device_table_.get(); }
   // The param index of each entry of the last prepare().
   const std::vector<int64_t>& entry_params() const { return entry_params_; }
   std::vector<TensorEntry>& entries() { return entries_; }
@@ -78,6 +86,8 @@ class Bucket {
   std::vector<int64_t> param_numels_;
   std::vector<int64_t> storage_numels_;  // in storage elements: complex params count twice
   DType dtype_;
+  c10::Device device_;
+  std::unique_ptr<cuda::DeviceTableCache> device_table_;
 
   // What prepare() learns about one param, in parallel (see NOTE: [Prefetching the grads]).
   enum class Probe : uint8_t { kNoGrad, kReady, kStridedGrad, kNeedsRebuild, kBadGrad };

@@ -46,9 +46,12 @@ void step_lists(const char* op, TensorList params, TensorList grads, std::vector
   for (TensorList list : scalars)
     TORCH_CHECK(list.size() == n, "fusedoptim::", op, ": a list of 0-dim states has ", list.size(),
                 " tensors for ", n, " params");
-  std::map<at::ScalarType, std::vector<size_t>> by_dtype;  // complex params join their real dtype
-  for (size_t i = 0; i < n; ++i) by_dtype[c10::toRealValueType(params[i].scalar_type())].push_back(i);
-  for (const auto& [dtype, indices] : by_dtype) {
+  // One bucket per device and storage dtype; complex params join their real dtype.
+  std::map<std::pair<std::string, at::ScalarType>, std::vector<size_t>> buckets;
+  for (size_t i = 0; i < n; ++i) {
+    buckets[{params[i].device().str(), c10::toRealValueType(params[i].scalar_type())}].push_back(i);
+  }
+  for (const auto& [kind, indices] : buckets) {
     std::vector<Tensor> bucket_params, bucket_grads;
     std::vector<std::string> names;
     std::vector<std::vector<Tensor>> bucket_states(used_states.size()), bucket_scalars(scalars.size());
@@ -63,7 +66,8 @@ void step_lists(const char* op, TensorList params, TensorList grads, std::vector
                   std::vector<int64_t>(indices.size(), first_step ? 1 : 0));
     bucket.use_grads(std::move(bucket_grads));
     TORCH_CHECK(bucket.prepare() == Bucket::kReady, "fusedoptim::", op,
-                ": params and states must be contiguous CPU tensors of a float dtype, grads dense");
+                ": params and states must be contiguous tensors of a float dtype on the CPU or CUDA, grads dense "
+                "and on their param's device");
     step(bucket);
   }
 }
@@ -229,6 +233,24 @@ TORCH_LIBRARY_IMPL(fusedoptim, CPU, m) {
   m.impl("lion_", &lion_);
   m.impl("lamb_", &lamb_);
   m.impl("grad_squares", &grad_squares);
+}
+
+// The same host code runs CUDA buckets (their kernels launch on the current stream); with a
+// CPU-only build a CUDA bucket raises when it is made. grad_squares is CPU only (LAMB reads its
+// sum on the host).
+TORCH_LIBRARY_IMPL(fusedoptim, CUDA, m) {
+  m.impl("sgd_", &sgd_);
+  m.impl("adam_", &adam_);
+  m.impl("adadelta_", &adadelta_);
+  m.impl("adagrad_", &adagrad_);
+  m.impl("adamax_", &adamax_);
+  m.impl("asgd_", &asgd_);
+  m.impl("nadam_", &nadam_);
+  m.impl("radam_", &radam_);
+  m.impl("rmsprop_", &rmsprop_);
+  m.impl("rprop_", &rprop_);
+  m.impl("lion_", &lion_);
+  m.impl("lamb_", &lamb_);
 }
 
 }  // namespace fusedoptim

@@ -4,6 +4,7 @@ from fusedoptim._extension import (
     available_cpu_capabilities,
     compiled_cpu_capabilities,
     cpu_capability,
+    cuda_kernels_compiled,
     extension_available,
     set_cpu_capability,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "available_cpu_capabilities",
     "compiled_cpu_capabilities",
     "cpu_capability",
+    "cuda_kernels_compiled",
     "extension_available",
     "set_cpu_capability",
 ]

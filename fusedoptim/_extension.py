@@ -51,6 +51,12 @@ def extension_available() -> bool:
     return _C is not None
 
 
+def cuda_kernels_compiled() -> bool:
+    """Whether the extension was built with its CUDA kernels (torch with CUDA and nvcc at build
+    time); without them CUDA params take the reference path."""
+    return _C is not None and _C.cuda_kernels_compiled()
+
+
 def _require_extension():
     if _C is None:
         raise RuntimeError(f"fusedoptim: {_load_error}; {REBUILD_HINT}")

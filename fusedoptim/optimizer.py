@@ -1,8 +1,8 @@
 """The base of every fusedoptim optimizer: torch.optim's interface over fused buckets.
 
 NOTE: [Buckets and the plan]
-A bucket is the params of one param group that share a storage dtype on the CPU (complex
-params count as their real dtype). For each bucket the plan holds one flat buffer per state
+A bucket is the params of one param group that share a storage dtype and a device, the CPU or
+one CUDA device (complex params count as their real dtype). For each bucket the plan holds one flat buffer per state
 name (exp_avg, ...), one step counter per param, and a compiled `_C.Bucket` that turns the
 params' grads into the flat address table the kernels sweep in one parallel region. The
 views the user sees in `self.state[p]` are slices of those buffers, under torch's keys, so
@@ -17,7 +17,9 @@ The plan is built on the first step and rebuilt only when something changed:
 So a step costs O(param groups) in Python plus a few tens of nanoseconds per tensor in C++.
 
 NOTE: [Reference path]
-Params the kernels can't take (not on the CPU, non-contiguous, sparse grads, duplicated in a
+Params the kernels can't take (neither on the CPU nor on CUDA with the CUDA kernels built,
+CUDA params of capturable=True or fused=True groups, which keep `step` on the device (see
+NOTE: [CUDA steps]), non-contiguous, sparse grads, duplicated in a
 group, tensor subclasses without memory of their own, DTensors whose update is not local: see
 NOTE: [DTensor params] in _dtensor.py) and whole groups with differentiable=True run
 `fusedoptim._reference`: plain torch ops in torch.optim's single-tensor order, on per-param
@@ -75,12 +77,26 @@ def _flat_view(buffer, offset, param):
     return buffer.narrow(0, offset, param.numel()).view(param.shape)
 
 
+def _fusable_device(device):
+    return device.type == "cpu" or (device.type == "cuda" and _extension.cuda_kernels_compiled())
+
+
 def _fusable_tensor(tensor):
     """Whether the kernels can take `tensor` (a param, or a DTensor param's local shard)."""
     return (
-        tensor.device.type == "cpu" and tensor.dtype in _FUSED_DTYPES and tensor.is_contiguous()
+        _fusable_device(tensor.device) and tensor.dtype in _FUSED_DTYPES and tensor.is_contiguous()
         and tensor.layout == torch.strided and _dtensor.has_own_memory(tensor)
     )
+
+
+# NOTE: [CUDA steps]
+# The CUDA kernels take their per-tensor coefficients (bias corrections and the like) from the
+# host, which computes them from the `step` counters as on the CPU. torch.optim keeps `step` on
+# the CPU too, except for capturable=True and fused=True groups, which keep it on the device
+# (so that a step needs no host sync and can be captured in a CUDA graph). Until the kernels
+# read device-side steps, the CUDA params of such groups take the reference path.
+def _keeps_step_on_device(group):
+    return bool(group.get("capturable") or group.get("fused"))
 
 
 def _tensor_kind(tensor):
@@ -92,7 +108,7 @@ def _tensor_kind(tensor):
 def _reusable_state(value, param):
     """Whether an existing state tensor can be swept in place (it stays the live tensor)."""
     return (
-        isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.layout == torch.strided
+        isinstance(value, torch.Tensor) and value.device == param.device and value.layout == torch.strided
         and value.dtype == param.dtype and value.shape == param.shape and value.is_contiguous()
     )
 
@@ -163,7 +179,7 @@ class _Bucket:
                 offsets.append(total)
                 size = kernel_params[i].numel() * (2 if kernel_params[i].is_complex() else 1)
                 total += -(-size // _OFFSET_ALIGNMENT) * _OFFSET_ALIGNMENT
-            buffer = torch.zeros(total, dtype=dtype)
+            buffer = torch.zeros(total, dtype=dtype, device=kernel_params[0].device)
             for i, offset in zip(indices, offsets):
                 view = _flat_view(buffer, offset, kernel_params[i])
                 old = slot_states[i].get(name)
@@ -236,7 +252,7 @@ class _Plan:
             fused, reference = optimizer._split_group(g, group)
             by_kind = {}
             for i in fused:
-                kind = (_real_dtype(params[i].dtype), _dtensor.reduction_key(params[i]))
+                kind = (_real_dtype(params[i].dtype), params[i].device, _dtensor.reduction_key(params[i]))
                 by_kind.setdefault(kind, []).append(i)
 
             def slot_state(p):
@@ -464,6 +480,9 @@ class FusedOptimizer(Optimizer):
             grad = p.grad
             if not _fusable_tensor(p):
                 unsupported.append(_tensor_kind(p))
+                reference.append(i)
+            elif p.device.type == "cuda" and self._has_step and _keeps_step_on_device(group):
+                unsupported.append(f"{_tensor_kind(p)} with the step on the device (capturable or fused)")
                 reference.append(i)
             elif grad is not None and (grad.layout != torch.strided or not _dtensor.has_own_memory(grad)):
                 reference.append(i)

@@ -2,14 +2,14 @@
 // torch.optim.Adadelta keeps them), then one parallel sweep of the active instruction set's kernel
 // (math/adadelta.h).
 #include "bucket.h"
-#include "cpu/dispatch.h"
+#include "backend.h"
 
 namespace fusedoptim {
 namespace cpu {
 
 void adadelta_step(Bucket& bucket, const math::AdadeltaHyper& hyper) {
   bucket.advance_steps();
-  parallel_sweep(kernels_for(active_capability()).adadelta, bucket.table(), hyper);
+  FO_SWEEP(bucket, adadelta, hyper);
 }
 
 }  // namespace cpu

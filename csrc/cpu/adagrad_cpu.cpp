@@ -1,6 +1,6 @@
 // Adagrad step over a bucket on the CPU: the decayed learning rate per step count on the
 // host, then one parallel sweep of the active instruction set's kernel (math/adagrad.h).
-#include "cpu/dispatch.h"
+#include "backend.h"
 #include "cpu/step_coefs.h"
 
 namespace fusedoptim {
@@ -14,7 +14,7 @@ void adagrad_step(Bucket& bucket, const math::AdagradHyper& hyper) {
                            : hyper.lr / denominator;
     return TensorCoefValues{-clr, 0.0, 0.0, 0.0};
   });
-  parallel_sweep(kernels_for(active_capability()).adagrad, bucket.table(), hyper);
+  FO_SWEEP(bucket, adagrad, hyper);
 }
 
 }  // namespace cpu

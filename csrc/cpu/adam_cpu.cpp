@@ -2,7 +2,7 @@
 // one parallel sweep of the active instruction set's kernel (math/adam.h).
 #include <functional>
 
-#include "cpu/dispatch.h"
+#include "backend.h"
 #include "cpu/step_coefs.h"
 
 namespace fusedoptim {
@@ -17,7 +17,7 @@ void adam_step(Bucket& bucket, const math::AdamHyper& hyper,
     const math::AdamStepCoefs coefs = coefs_at_step(step);
     return TensorCoefValues{coefs.neg_step_size, coefs.inv_bias_correction2_sqrt, 0.0, 0.0};
   });
-  parallel_sweep(kernels_for(active_capability()).adam, bucket.table(), hyper);
+  FO_SWEEP(bucket, adam, hyper);
 }
 
 }  // namespace cpu

@@ -2,7 +2,7 @@
 // the host, then one parallel sweep of the active instruction set's kernel (math/adamax.h).
 #include <cmath>
 
-#include "cpu/dispatch.h"
+#include "backend.h"
 #include "cpu/step_coefs.h"
 
 namespace fusedoptim {
@@ -16,7 +16,7 @@ void adamax_step(Bucket& bucket, const math::AdamaxHyper& hyper) {
                            : hyper.lr / bias_correction;
     return TensorCoefValues{-clr, 0.0, 0.0, 0.0};
   });
-  parallel_sweep(kernels_for(active_capability()).adamax, bucket.table(), hyper);
+  FO_SWEEP(bucket, adamax, hyper);
 }
 
 }  // namespace cpu

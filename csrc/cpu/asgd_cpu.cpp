@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "cpu/dispatch.h"
+#include "backend.h"
 #include "cpu/step_coefs.h"
 
 namespace fusedoptim {
@@ -36,7 +36,7 @@ void asgd_step(Bucket& bucket, const math::AsgdHyper& hyper) {
     entry.coef[2] = mu;
     entry.coef[3] = mu != 1.0 ? 1.0 : 0.0;
   }
-  parallel_sweep(kernels_for(active_capability()).asgd, bucket.table(), hyper);
+  FO_SWEEP(bucket, asgd, hyper);
   for (size_t k = 0; k < entries.size(); ++k) {
     const double step = steps[k];
     const double eta = eta_at(hyper, step);

@@ -3,7 +3,7 @@
 // global grad-norm clipping needs before the first pass.
 #include <cmath>
 
-#include "cpu/dispatch.h"
+#include "backend.h"
 #include "cpu/step_coefs.h"
 
 namespace fusedoptim {
@@ -11,8 +11,7 @@ namespace cpu {
 
 double grad_squares(Bucket& bucket) {
   std::vector<double> sums;
-  parallel_reduce(kernels_for(active_capability()).grad_squares, bucket.table(), math::GradSquaresHyper{},
-                  bucket.segments(kSegmentNumel), 1, sums);
+  FO_REDUCE(bucket, grad_squares, math::GradSquaresHyper{}, bucket.segments(kSegmentNumel), 1, sums);
   double total = 0.0;
   for (double s : sums) total += s;
   return total;
@@ -24,10 +23,9 @@ void lamb_step(Bucket& bucket, const math::LambHyper& hyper, double lr, bool bia
     const double bias_correction2 = bias_correction ? 1.0 - std::pow(hyper.beta2, step) : 1.0;
     return TensorCoefValues{bias_correction1, bias_correction2, 0.0, 0.0};
   });
-  const KernelTable& kernels = kernels_for(active_capability());
   const std::vector<Segment>& segments = bucket.segments(kSegmentNumel);
   std::vector<double> sums;
-  parallel_reduce(kernels.lamb_moments, bucket.table(), hyper, segments, 2, sums);
+  FO_REDUCE(bucket, lamb_moments, hyper, segments, 2, sums);
 
   std::vector<TensorEntry>& entries = bucket.entries();
   std::vector<double> param_sq(entries.size(), 0.0), update_sq(entries.size(), 0.0);
@@ -42,7 +40,7 @@ void lamb_step(Bucket& bucket, const math::LambHyper& hyper, double lr, bool bia
     const double ratio = adapt && param_norm != 0.0 && update_norm != 0.0 ? param_norm / update_norm : 1.0;
     entries[k].coef[2] = -lr * ratio;
   }
-  parallel_sweep(kernels.lamb_apply, bucket.table(), hyper);
+  FO_SWEEP(bucket, lamb_apply, hyper);
 }
 
 }  // namespace cpu

@@ -3,7 +3,7 @@
 // sweep of the active instruction set's kernel (math/nadam.h).
 #include <cmath>
 
-#include "cpu/dispatch.h"
+#include "backend.h"
 #include "cpu/step_coefs.h"
 
 namespace fusedoptim {
@@ -43,7 +43,7 @@ void nadam_step(Bucket& bucket, const math::NadamHyper& hyper) {
       entry.coef[2] = (-hyper.lr * mu_next) / (1.0 - product_next);
     }
   }
-  parallel_sweep(kernels_for(active_capability()).nadam, bucket.table(), hyper);
+  FO_SWEEP(bucket, nadam, hyper);
 }
 
 }  // namespace cpu

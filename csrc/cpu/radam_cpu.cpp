@@ -1,7 +1,7 @@
 // RAdam step over a bucket on the CPU: bias corrections and the variance rectification per
 // step count on the host, then one parallel sweep of the active instruction set's kernel
 // (math/radam.h).
-#include "cpu/dispatch.h"
+#include "backend.h"
 #include "cpu/step_coefs.h"
 
 namespace fusedoptim {
@@ -13,7 +13,7 @@ void radam_step(Bucket& bucket, const math::RadamHyper& hyper) {
     return TensorCoefValues{coefs.bias_correction1, coefs.bias_correction2_sqrt, coefs.rect,
                             coefs.rectified ? 1.0 : 0.0};
   });
-  parallel_sweep(kernels_for(active_capability()).radam, bucket.table(), hyper);
+  FO_SWEEP(bucket, radam, hyper);
 }
 
 }  // namespace cpu

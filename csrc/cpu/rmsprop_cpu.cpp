@@ -2,14 +2,14 @@
 // torch.optim.RMSprop keeps them), then one parallel sweep of the active instruction set's kernel
 // (math/rmsprop.h).
 #include "bucket.h"
-#include "cpu/dispatch.h"
+#include "backend.h"
 
 namespace fusedoptim {
 namespace cpu {
 
 void rmsprop_step(Bucket& bucket, const math::RmspropHyper& hyper) {
   bucket.advance_steps();
-  parallel_sweep(kernels_for(active_capability()).rmsprop, bucket.table(), hyper);
+  FO_SWEEP(bucket, rmsprop, hyper);
 }
 
 }  // namespace cpu

@@ -2,14 +2,14 @@
 // torch.optim.Rprop keeps them), then one parallel sweep of the active instruction set's kernel
 // (math/rprop.h).
 #include "bucket.h"
-#include "cpu/dispatch.h"
+#include "backend.h"
 
 namespace fusedoptim {
 namespace cpu {
 
 void rprop_step(Bucket& bucket, const math::RpropHyper& hyper) {
   bucket.advance_steps();
-  parallel_sweep(kernels_for(active_capability()).rprop, bucket.table(), hyper);
+  FO_SWEEP(bucket, rprop, hyper);
 }
 
 }  // namespace cpu

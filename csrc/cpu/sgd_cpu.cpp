@@ -1,13 +1,13 @@
 // SGD step over a bucket on the CPU: one parallel sweep of the active instruction set's
 // kernel (math/sgd.h).
 #include "bucket.h"
-#include "cpu/dispatch.h"
+#include "backend.h"
 
 namespace fusedoptim {
 namespace cpu {
 
 void sgd_step(Bucket& bucket, const math::SgdHyper& hyper) {
-  parallel_sweep(kernels_for(active_capability()).sgd, bucket.table(), hyper);
+  FO_SWEEP(bucket, sgd, hyper);
   bucket.clear_first_steps();
 }
 

@@ -1,0 +1,30 @@
+// Registers this build's CUDA kernels with the host side when the extension loads, and asks
+// the device how large a grid to launch (NOTE: [CUDA without torch headers]).
+#include "cuda/sweep.cuh"
+
+namespace fusedoptim {
+namespace cuda {
+
+int multiprocessor_count(int device, const char** error) {
+  int count = 0;
+  const cudaError_t status = cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
+  if (status != cudaSuccess) {
+    *error = cudaGetErrorString(status);
+    return -1;
+  }
+  return count;
+}
+
+namespace {
+
+#define FO_CUDA_ENTRY(name, Rule, Hyper) name##_launch,
+const KernelTable kCudaKernels = {
+    FO_ELEMENTWISE_RULES(FO_CUDA_ENTRY) FO_REDUCTION_RULES(FO_CUDA_ENTRY) multiprocessor_count,
+};
+#undef FO_CUDA_ENTRY
+
+const bool kRegistered = (register_kernels(&kCudaKernels), true);
+
+}  // namespace
+}  // namespace cuda
+}  // namespace fusedoptim

@@ -1,0 +1,111 @@
+#include "cuda_table.h"
+
+#include <cstring>
+
+#include <ATen/ATen.h>
+#include <c10/core/Stream.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+
+namespace fusedoptim {
+namespace cuda {
+namespace {
+
+// Set by the CUDA objects' static initializer (csrc/cuda/registry_cuda.cu) when the build has
+// them; a plain pointer, so it is valid before any dynamic initialization runs.
+const KernelTable* registered_kernels = nullptr;
+
+bool same_tensors(const TensorEntry& a, const TensorEntry& b) {
+  return std::memcmp(a.ptr, b.ptr, sizeof(a.ptr)) == 0 && a.numel == b.numel;
+}
+
+bool same_coefs(const TensorEntry& a, const TensorEntry& b) {
+  return std::memcmp(a.coef, b.coef, sizeof(a.coef)) == 0 && a.first_step == b.first_step;
+}
+
+}  // namespace
+
+const KernelTable* kernels() { return registered_kernels; }
+void register_kernels(const KernelTable* table) { registered_kernels = table; }
+
+DeviceTableCache::DeviceTableCache(c10::Device device) : device_(device) {
+  TORCH_CHECK(device.is_cuda(), "fusedoptim: a device table is for CUDA tensors, not ", device);
+  TORCH_CHECK(kernels() != nullptr, "fusedoptim: this build of fusedoptim._C has no CUDA kernels");
+  const char* error = nullptr;
+  const int count = kernels()->multiprocessor_count(device.index(), &error);
+  TORCH_CHECK(count > 0, "fusedoptim: cannot query ", device, ": ", error ? error : "no multiprocessors");
+  grid_ = count * kBlocksPerMultiprocessor;
+}
+
+Launch DeviceTableCache::launch() const {
+  const c10::impl::VirtualGuardImpl guard_impl(device_.type());
+  return Launch{guard_impl.getStream(device_).native_handle(), grid_};
+}
+
+void DeviceTableCache::upload(at::Tensor& buffer, const void* data, size_t bytes) {
+  const int64_t size = static_cast<int64_t>(bytes);
+  if (!buffer.defined() || buffer.numel() < size) {
+    buffer = at::empty({size}, at::TensorOptions().dtype(at::kByte).device(device_));
+  }
+  // A fresh pinned block per upload: the caching host allocator keeps it until the copy,
+  // queued on the current stream, has read it.
+  at::Tensor staging = at::empty({size}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(staging.data_ptr(), data, bytes);
+  buffer.narrow(0, 0, size).copy_(staging, /*non_blocking=*/true);
+}
+
+DeviceTable DeviceTableCache::sync(const BucketTable& table) {
+  const int64_t n = table.num_entries;
+  bool layout_changed = static_cast<int64_t>(uploaded_.size()) != n;
+  for (int64_t i = 0; i < n && !layout_changed; ++i) layout_changed = !same_tensors(table.entries[i], uploaded_[i]);
+  bool uniform = true;
+  for (int64_t i = 1; i < n && uniform; ++i) uniform = same_coefs(table.entries[i], table.entries[0]);
+  // Non-uniform coefficients are read from the device entries: upload them when they moved.
+  bool coefs_changed = false;
+  if (!uniform && !layout_changed) {
+    for (int64_t i = 0; i < n && !coefs_changed; ++i) coefs_changed = !same_coefs(table.entries[i], uploaded_[i]);
+  }
+  if (layout_changed) {
+    padded_prefix_.assign(n + 1, 0);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t padded = (table.entries[i].numel + kEntryAlignment - 1) / kEntryAlignment * kEntryAlignment;
+      padded_prefix_[i + 1] = padded_prefix_[i] + padded;
+    }
+  }
+  if (layout_changed || coefs_changed) {
+    uploaded_.assign(table.entries, table.entries + n);
+    const size_t entry_bytes = n * sizeof(TensorEntry), prefix_bytes = (n + 1) * sizeof(int64_t);
+    staging_.resize(entry_bytes + prefix_bytes);
+    std::memcpy(staging_.data(), table.entries, entry_bytes);
+    std::memcpy(staging_.data() + entry_bytes, padded_prefix_.data(), prefix_bytes);
+    upload(table_buffer_, staging_.data(), staging_.size());
+  }
+  DeviceTable out{};
+  if (n > 0) {
+    const auto* base = static_cast<const unsigned char*>(table_buffer_.data_ptr());
+    out.entries = reinterpret_cast<const TensorEntry*>(base);
+    out.prefix = reinterpret_cast<const int64_t*>(base + n * sizeof(TensorEntry));
+  }
+  out.num_entries = n;
+  out.total_numel = n > 0 ? padded_prefix_[n] : 0;
+  out.num_chunks = (out.total_numel + kChunkNumel - 1) / kChunkNumel;
+  out.dtype = table.dtype;
+  out.uniform_coefs = uniform ? 1 : 0;
+  if (uniform && n > 0) out.uniform = table.entries[0];
+  return out;
+}
+
+DeviceSegments DeviceTableCache::upload_segments(const std::vector<Segment>& segments, int num_sums) {
+  const int64_t count = static_cast<int64_t>(segments.size());
+  if (count > 0) upload(segment_buffer_, segments.data(), segments.size() * sizeof(Segment));
+  sums_ = at::empty({count * num_sums}, at::TensorOptions().dtype(at::kDouble).device(device_));
+  return DeviceSegments{count > 0 ? static_cast<const Segment*>(segment_buffer_.data_ptr()) : nullptr, count,
+                        sums_.data_ptr<double>()};
+}
+
+void DeviceTableCache::download_sums(std::vector<double>& out) {
+  const at::Tensor host = sums_.cpu();
+  out.assign(host.data_ptr<double>(), host.data_ptr<double>() + host.numel());
+}
+
+}  // namespace cuda
+}  // namespace fusedoptim

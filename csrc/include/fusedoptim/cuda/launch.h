@@ -1,0 +1,89 @@
+// What the CUDA kernels (csrc/cuda/<algo>_cuda.cu) take and export: plain structs and function
+// pointers, no torch and no CUDA header, so the host side (csrc/cuda_table.cpp, compiled by the
+// C++ compiler against any torch) and the .cu files (compiled by nvcc without torch's CUDA
+// headers, see NOTE: [CUDA without torch headers]) share one description.
+#pragma once
+#include <cstdint>
+
+#include "cpu/kernels.h"  // the rule lists (FO_ELEMENTWISE_RULES, FO_REDUCTION_RULES)
+#include "fusedoptim/bucket_table.h"
+
+namespace fusedoptim {
+namespace cuda {
+
+// NOTE: [CUDA without torch headers]
+// The CPU torch wheel CI builds against has no torch CUDA headers (c10/cuda, ATen/cuda), and the
+// GPU machine's torch may differ from the one the kernels were written for. So the kernels
+// know nothing of torch: they take a DeviceTable (device pointers, sizes) and a stream as an
+// opaque handle, and report launch errors as strings. Only csrc/cuda_table.cpp touches torch
+// (device memory through the caching allocator, the current stream, the device guard), with
+// torch's device-generic headers, which every build has.
+
+// Elements of a bucket's flat index space a block takes at a time. Each table entry starts at
+// a multiple of kEntryAlignment of that space (the host pads the prefix), so every chunk
+// starts on a 16-byte boundary of each tensor it touches and 16-byte loads need no head loop.
+constexpr int64_t kChunkNumel = 16384;
+constexpr int64_t kEntryAlignment = 8;  // elements: 16 bytes of 16-bit storage
+constexpr int kThreadsPerBlock = 256;
+constexpr int kBlocksPerMultiprocessor = 8;
+
+// A bucket's table in device memory, for one launch.
+struct DeviceTable {
+  const TensorEntry* entries;  // device
+  const int64_t* prefix;       // device: padded flat start of each entry, num_entries + 1 values
+  int64_t num_entries;
+  int64_t total_numel;  // padded
+  int64_t num_chunks;
+  DType dtype;
+  // When every entry shares its coefficients and first_step (nearly always: one step count
+  // per bucket), they come by value here and the device entries' own are not read, so a
+  // step uploads nothing unless pointers changed.
+  int32_t uniform_coefs;
+  TensorEntry uniform;
+};
+
+// Where a launch runs.
+struct Launch {
+  void* stream;  // a cudaStream_t: c10::Stream::native_handle()
+  int grid;      // blocks for the elementwise kernels (sized to the device)
+};
+
+// A reduction over segments (NOTE: [Deterministic reductions]): one block per segment at a
+// time, writing Rule::kNumSums doubles per segment to `out` (device).
+struct DeviceSegments {
+  const Segment* segments;  // device
+  int64_t count;
+  double* out;  // device
+};
+
+// Launchers return nullptr, or the CUDA error string of the launch.
+#define FO_CUDA_KERNEL_FIELD(name, Rule, Hyper) \
+  const char* (*name)(const DeviceTable&, const math::Hyper&, const Launch&);
+#define FO_CUDA_REDUCTION_FIELD(name, Rule, Hyper) \
+  const char* (*name)(const DeviceTable&, const math::Hyper&, const DeviceSegments&, const Launch&);
+struct KernelTable {
+  FO_ELEMENTWISE_RULES(FO_CUDA_KERNEL_FIELD)
+  FO_REDUCTION_RULES(FO_CUDA_REDUCTION_FIELD)
+  // The number of multiprocessors of a device (sizes the grid), or -1 with *error set.
+  int (*multiprocessor_count)(int device, const char** error);
+};
+#undef FO_CUDA_KERNEL_FIELD
+#undef FO_CUDA_REDUCTION_FIELD
+
+#define FO_CUDA_DECLARE_KERNEL(name, Rule, Hyper) \
+  const char* name##_launch(const DeviceTable&, const math::Hyper&, const Launch&);
+#define FO_CUDA_DECLARE_REDUCTION(name, Rule, Hyper) \
+  const char* name##_launch(const DeviceTable&, const math::Hyper&, const DeviceSegments&, const Launch&);
+FO_ELEMENTWISE_RULES(FO_CUDA_DECLARE_KERNEL)
+FO_REDUCTION_RULES(FO_CUDA_DECLARE_REDUCTION)
+#undef FO_CUDA_DECLARE_KERNEL
+#undef FO_CUDA_DECLARE_REDUCTION
+int multiprocessor_count(int device, const char** error);
+
+// The CUDA kernels of this build, or nullptr when it has none (a CPU-only build). The CUDA
+// objects register them when the extension loads (csrc/cuda/registry_cuda.cu).
+const KernelTable* kernels();
+void register_kernels(const KernelTable* table);
+
+}  // namespace cuda
+}  // namespace fusedoptim

@@ -12,6 +12,7 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "isa: test is parametrized over fusedoptim.available_cpu_capabilities()"
     )
+    config.addinivalue_line("markers", "slow: a long or memory-hungry test (it still runs by default)")
 
 
 def pytest_collection_modifyitems(config, items):

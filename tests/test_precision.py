@@ -80,7 +80,7 @@ def _sign_consistent(grads):
     return [[g.abs() * s for g, s in zip(gs, signs)] for gs in grads]
 
 
-def check_against_fp64_reference(config, dtype, shapes, seed):
+def check_against_fp64_reference(config, dtype, shapes, seed, device="cpu"):
     # |param| <= 1 and |grad| >= 0.15 (min_abs 0.3 times the smallest per-step scale 0.5): an
     # L2 weight-decay term (wd <= 0.1 here) can never cancel a grad, see the module docstring.
     values64 = [(v * 0.5).clamp(-1, 1) for v in make_param_values(shapes, torch.float64, seed)]
@@ -92,6 +92,10 @@ def check_against_fp64_reference(config, dtype, shapes, seed):
     # the reference sees the 16-bit inputs exactly (see module docstring)
     ref_values = [v.double() for v in values16]
     ref_grads = [[g.double() for g in gs] for gs in grads16]
+    if device != "cpu":  # tests/test_cuda.py: every run on the device
+        values16, ref_values = [v.to(device) for v in values16], [v.to(device) for v in ref_values]
+        grads16 = [[g.to(device) for g in gs] for gs in grads16]
+        ref_grads = [[g.to(device) for g in gs] for gs in ref_grads]
 
     rg = not config.differentiable
     # Tensor hyperparameters are float32 tensors for all three runs (TensorHP with dtype None and

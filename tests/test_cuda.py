@@ -1,0 +1,240 @@
+"""The CUDA kernels against torch.optim on the same GPU (skipped without one).
+
+What the CPU suites check, with params on CUDA: parity for every registry configuration in
+fp32 and fp64 after 10 steps, 16-bit params within twice torch's own error against an fp64
+reference, tail sizes, misaligned views (the element-wise path), a bucket of thousands of
+tensors (one launch), the paths taken, mixed devices, the registered ops, and a tensor of more
+than 2**31 elements (slow). GradScaler on CUDA and checkpoints moving between CPU and CUDA are in
+test_ecosystem.py.
+"""
+
+import pytest
+import torch
+
+import fusedoptim
+from helpers import (
+    DEFAULT_SHAPES,
+    as_params,
+    assert_fused_path,
+    assert_reference_path,
+    assert_runs_match,
+    fused_cls,
+    make_grad_values,
+    make_param_values,
+    run_steps,
+    torch_cls,
+)
+from optim_configs import ALL_CONFIGS, REPRESENTATIVE_CONFIGS, config_ids
+from test_precision import LP_IDS, SHAPES, check_against_fp64_reference
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or not fusedoptim.cuda_kernels_compiled(),
+    reason="needs a CUDA device and fusedoptim built with its CUDA kernels",
+)
+
+TAIL_SHAPES = [(n,) for n in [1, 7, 8, 9, 15, 16, 17, 31, 33, 4097, 65537, 16384 * 3 + 5]] + [(3, 5, 7)]
+
+
+def _keeps_step_on_device(config):
+    """Groups whose `step` lives on the device take the reference path on CUDA for now
+    (NOTE: [CUDA steps] in fusedoptim/optimizer.py)."""
+    has_step = config.optim not in ("SGD", "Lion")
+    return has_step and bool(config.kwargs.get("capturable") or config.kwargs.get("fused"))
+
+
+def _expects_fused(config):
+    return config.expects_fused_path and not _keeps_step_on_device(config)
+
+
+def _run(cls, config, kwargs_fn, values, grads):
+    params = as_params([v.cuda() for v in values])
+    opt = cls(config.optim)(params, **kwargs_fn(values[0].dtype))
+    run_steps(opt, params, [[g.cuda() for g in gs] for gs in grads])
+    return opt, params
+
+
+def _check_paths(config, opt):
+    if _expects_fused(config):
+        assert_fused_path(opt)
+    else:
+        assert_reference_path(opt)
+
+
+@pytest.mark.filterwarnings("ignore::fusedoptim.ReferencePathWarning")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("config", ALL_CONFIGS, ids=config_ids(ALL_CONFIGS))
+def test_registry_parity_on_cuda(config, dtype):
+    if config.differentiable:
+        pytest.skip("differentiable=True takes the reference path on every device (test_parity.py)")
+    values = make_param_values(DEFAULT_SHAPES, dtype, seed=1)
+    grads = make_grad_values(DEFAULT_SHAPES, dtype, seed=100)
+    t_opt, t_params = _run(torch_cls, config, config.reference_kwargs, values, grads)
+    f_opt, f_params = _run(fused_cls, config, config.fused_kwargs, values, grads)
+    assert_runs_match(f_opt, t_opt, f_params, t_params, config)
+    _check_paths(config, f_opt)
+    assert all(p.is_cuda for p in f_params)
+
+
+@pytest.mark.filterwarnings("ignore::fusedoptim.ReferencePathWarning")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=LP_IDS)
+@pytest.mark.parametrize("config", ALL_CONFIGS, ids=config_ids(ALL_CONFIGS))
+def test_low_precision_on_cuda(config, dtype):
+    if config.differentiable:
+        pytest.skip("differentiable=True takes the reference path on every device (test_precision.py)")
+    opt = check_against_fp64_reference(config, dtype, SHAPES, seed=11, device="cuda")
+    _check_paths(config, opt)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=["fp32", "bf16", "fp64"])
+@pytest.mark.parametrize("config", REPRESENTATIVE_CONFIGS, ids=config_ids(REPRESENTATIVE_CONFIGS))
+def test_tail_sizes_on_cuda_match_the_cpu_kernels(config, dtype):
+    """Every tail of a 16-byte pack, and tensors spanning several chunks: the CUDA kernels run
+    the same rule with the same per-tensor coefficients and no FMA contraction (setup.py's
+    --fmad=false), so they agree with the CPU kernels to rounding."""
+    if not _expects_fused(config):
+        pytest.skip("this configuration takes the reference path on CUDA")
+    values = make_param_values(TAIL_SHAPES, dtype, seed=3)
+    grads = make_grad_values(TAIL_SHAPES, dtype, seed=300)
+    cpu_params = as_params(values)
+    cpu_opt = fused_cls(config.optim)(cpu_params, **config.fused_kwargs(dtype))
+    run_steps(cpu_opt, cpu_params, grads)
+    f_opt, f_params = _run(fused_cls, config, config.fused_kwargs, values, grads)
+    assert_fused_path(f_opt)
+    tol = {torch.float32: 1e-6, torch.float64: 1e-14, torch.bfloat16: 1e-2}[dtype]
+    for pc, pf in zip(cpu_params, f_params):
+        torch.testing.assert_close(pf.detach().cpu(), pc.detach(), rtol=tol, atol=tol)
+
+
+def test_misaligned_views_take_the_elementwise_path():
+    """Params that are views at odd offsets of one buffer (not 16-byte aligned)."""
+    buffer = torch.randn(4 * 1000 + 3, device="cuda", dtype=torch.float32)
+    offsets = [1, 1002, 2003, 3004]
+    grads = make_grad_values([(997,)] * 4, torch.float32, seed=5)
+    base_t, base_f = buffer.clone(), buffer.clone()
+    t_params = [base_t.narrow(0, o, 997).detach().requires_grad_() for o in offsets]
+    f_params = [base_f.narrow(0, o, 997).detach().requires_grad_() for o in offsets]
+    assert all(p.data_ptr() % 16 != 0 for p in f_params)
+    t_opt = torch.optim.Adam(t_params, lr=1e-2, weight_decay=0.1)
+    f_opt = fusedoptim.Adam(f_params, lr=1e-2, weight_decay=0.1)
+    run_steps(t_opt, t_params, [[g.cuda() for g in gs] for gs in grads])
+    run_steps(f_opt, f_params, [[g.cuda() for g in gs] for gs in grads])
+    assert_fused_path(f_opt)
+    torch.testing.assert_close(base_f, base_t, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("optim", ["SGD", "Adam", "RMSprop"])
+def test_thousands_of_tensors_in_one_bucket(optim):
+    """10,000 small tensors of varying sizes (one bucket, one launch) against torch."""
+    shapes = [(1 + (i * 37) % 1000,) for i in range(10_000)]
+    values = make_param_values(shapes, torch.float32, seed=4)
+    grads = make_grad_values(shapes, torch.float32, num_steps=3, seed=400)
+    kwargs = {"SGD": dict(lr=0.1, momentum=0.9), "Adam": dict(lr=1e-2), "RMSprop": dict(lr=1e-2)}[optim]
+    t_params = as_params([v.cuda() for v in values])
+    f_params = as_params([v.cuda() for v in values])
+    t_opt = getattr(torch.optim, optim)(t_params, **kwargs)
+    f_opt = getattr(fusedoptim, optim)(f_params, **kwargs)
+    cuda_grads = [[g.cuda() for g in gs] for gs in grads]
+    run_steps(t_opt, t_params, cuda_grads)
+    run_steps(f_opt, f_params, cuda_grads)
+    assert_fused_path(f_opt)
+    assert f_opt.last_step_paths["fused"] == len(shapes)
+    torch.testing.assert_close(torch.cat([p.detach() for p in f_params]), torch.cat([p.detach() for p in t_params]),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_and_cuda_params_in_one_group_form_separate_buckets():
+    shapes = [(17,), (33,), (5, 3)]
+    values = make_param_values(shapes, torch.float32, seed=6)
+    grads = make_grad_values(shapes, torch.float32, seed=600)
+    devices = ["cpu", "cuda", "cpu"]
+    t_params = [v.to(d).requires_grad_() for v, d in zip(values, devices)]
+    f_params = [v.to(d).requires_grad_() for v, d in zip(values, devices)]
+    t_opt = torch.optim.AdamW(t_params, lr=1e-2)
+    f_opt = fusedoptim.AdamW(f_params, lr=1e-2)
+    for gs in grads:
+        for ps in (t_params, f_params):
+            for p, g, d in zip(ps, gs, devices):
+                p.grad = g.to(d)
+        t_opt.step()
+        f_opt.step()
+    assert_fused_path(f_opt)
+    for pf, pt in zip(f_params, t_params):
+        assert pf.device == pt.device
+        torch.testing.assert_close(pf, pt, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(f_opt.state[pf]["exp_avg"], t_opt.state[pt]["exp_avg"], rtol=1e-5, atol=1e-6)
+        assert f_opt.state[pf]["exp_avg"].device == pf.device
+        assert f_opt.state[pf]["step"].device.type == "cpu"  # as torch keeps it without capturable
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_params_on_two_gpus():
+    values = make_param_values([(33,), (65,)], torch.float32, seed=7)
+    grads = make_grad_values([(33,), (65,)], torch.float32, seed=700)
+    devices = ["cuda:0", "cuda:1"]
+    t_params = [v.to(d).requires_grad_() for v, d in zip(values, devices)]
+    f_params = [v.to(d).requires_grad_() for v, d in zip(values, devices)]
+    t_opt, f_opt = torch.optim.Adam(t_params, lr=1e-2), fusedoptim.Adam(f_params, lr=1e-2)
+    for gs in grads:
+        for ps in (t_params, f_params):
+            for p, g, d in zip(ps, gs, devices):
+                p.grad = g.to(d)
+        t_opt.step()
+        f_opt.step()
+    assert_fused_path(f_opt)
+    for pf, pt in zip(f_params, t_params):
+        torch.testing.assert_close(pf, pt, rtol=1e-5, atol=1e-6)
+
+
+def test_step_runs_on_the_current_stream():
+    """Work queued on a side stream is ordered with the step: the grads written there are the
+    ones the kernels read."""
+    values = make_param_values([(4097,)], torch.float32, seed=8)
+    t_params, f_params = as_params([v.cuda() for v in values]), as_params([v.cuda() for v in values])
+    t_opt, f_opt = torch.optim.Adam(t_params, lr=1e-2), fusedoptim.Adam(f_params, lr=1e-2)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for step in range(3):
+            grad = torch.full((4097,), 0.5 + step, device="cuda")
+            t_params[0].grad, f_params[0].grad = grad.clone(), grad.clone()
+            t_opt.step()
+            f_opt.step()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.testing.assert_close(f_params[0], t_params[0], rtol=1e-5, atol=1e-6)
+
+
+def test_registered_op_on_cuda_matches_the_optimizer():
+    values = make_param_values([(7,), (4097,)], torch.float32, seed=9)
+    grads = [g.cuda() for g in make_grad_values([(7,), (4097,)], torch.float32, num_steps=1, seed=900)[0]]
+    params = as_params([v.cuda() for v in values])
+    opt = fusedoptim.Adam(params, lr=1e-2)
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    opt.step()
+    op_params = [v.cuda() for v in values]
+    exp_avgs = [torch.zeros_like(p) for p in op_params]
+    exp_avg_sqs = [torch.zeros_like(p) for p in op_params]
+    steps = [torch.zeros(()) for _ in op_params]
+    torch.ops.fusedoptim.adam_(op_params, grads, exp_avgs, exp_avg_sqs, [], steps, 1e-2, 0.9, 0.999, 1e-8, 0.0,
+                               False, False, False, 1.0)
+    for p, q in zip(params, op_params):
+        torch.testing.assert_close(q, p.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_tensor_of_more_than_2_31_elements():
+    """64-bit indexing: SGD with momentum on a bf16 tensor of 2**31 + 37 elements (12 GB with
+    its grad and buffer), checked at the start, across the 2**31 boundary and at the end."""
+    numel = 2**31 + 37
+    if torch.cuda.get_device_properties(0).total_memory < 24 * 2**30:
+        pytest.skip("needs a GPU with 24 GB")
+    param = torch.ones(numel, dtype=torch.bfloat16, device="cuda", requires_grad=True)
+    param.grad = torch.full_like(param, 0.5)
+    opt = fusedoptim.SGD([param], lr=0.25, momentum=0.5)
+    opt.step()
+    opt.step()
+    assert_fused_path(opt)
+    # step 1: buf = g = 0.5, p = 1 - 0.125; step 2: buf = 0.75, p = 0.875 - 0.1875 = 0.6875
+    for index in (0, 2**31 - 1, 2**31, numel - 1):
+        assert param[index].item() == 0.6875, index
+        assert opt.state[param]["momentum_buffer"][index].item() == 0.75, index

@@ -21,6 +21,20 @@ namespace py = pybind11;
 using fusedoptim::Bucket;
 using namespace fusedoptim::cpu;
 
+namespace {
+
+// GradScaler's grad_scale / found_inf for a CUDA bucket with device steps: a one-element
+// float32 tensor on the bucket's device, read by the kernels (or nullptr when not given).
+const float* device_float(const std::optional<at::Tensor>& tensor, const Bucket& bucket, const char* what) {
+  if (!tensor) return nullptr;
+  TORCH_CHECK(bucket.device_scalars(), "fusedoptim: ", what, " goes to the kernels only with device-side steps");
+  TORCH_CHECK(tensor->scalar_type() == at::kFloat && tensor->numel() == 1 && tensor->is_cuda(), "fusedoptim: ", what,
+              " must be a one-element float32 CUDA tensor");
+  return tensor->data_ptr<float>();
+}
+
+}  // namespace
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fusedoptim's compiled core: fused multi-tensor optimizer kernels";
   m.attr("built_with_torch") = py::str(TORCH_VERSION);
@@ -46,12 +60,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("num_entries", &Bucket::num_entries)
       .def("adam",
            [](Bucket& b, double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
-              bool maximize, bool decoupled_weight_decay, double decay_factor, py::object coefs_at_step) {
+              bool maximize, bool decoupled_weight_decay, double decay_factor, py::object coefs_at_step,
+              std::optional<at::Tensor> grad_scale, std::optional<at::Tensor> found_inf) {
              const fusedoptim::math::AdamHyper hyper{lr,      beta1,    beta2,   eps, weight_decay, amsgrad,
                                                      maximize, decoupled_weight_decay, decay_factor};
+             const float* scale = device_float(grad_scale, b, "grad_scale");
+             const float* inf = device_float(found_inf, b, "found_inf");
              if (coefs_at_step.is_none()) {
                py::gil_scoped_release no_gil;
-               adam_step(b, hyper, [&](double step) { return fusedoptim::math::AdamStepCoefs::at_step(hyper, step); });
+               adam_step(
+                   b, hyper, [&](double step) { return fusedoptim::math::AdamStepCoefs::at_step(hyper, step); },
+                   scale, inf);
              } else {
                // Called once per distinct step count, with the GIL held.
                adam_step(b, hyper, [&](double step) {
@@ -62,7 +81,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            },
            py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
            py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled_weight_decay"), py::arg("decay_factor"),
-           py::arg("coefs_at_step") = py::none())
+           py::arg("coefs_at_step") = py::none(), py::arg("grad_scale") = py::none(),
+           py::arg("found_inf") = py::none())
       .def("sgd",
            [](Bucket& b, double lr, double momentum, double dampening, double weight_decay, bool nesterov,
               bool maximize) {

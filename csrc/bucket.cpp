@@ -39,6 +39,7 @@ Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
   scalar_ptrs_.assign(scalars_.size(), std::vector<void*>(n, nullptr));
   scalar_is_double_.assign(scalars_.size(), std::vector<uint8_t>(n, 0));
   has_state_.assign(n, 1);
+  bool placement_known = false;
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params_[i];
     TORCH_CHECK(storage_dtype(p.scalar_type()) == dtype_, "fusedoptim: mixed storage dtypes in one bucket");
@@ -65,9 +66,14 @@ Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
         has_state_[i] = 0;
         continue;
       }
-      TORCH_CHECK(scalar.is_cpu() && scalar.numel() == 1 &&
+      const bool on_device = device_.is_cuda() && scalar.device() == device_ && scalar.scalar_type() == at::kFloat;
+      TORCH_CHECK((scalar.is_cpu() || on_device) && scalar.numel() == 1 &&
                       (scalar.scalar_type() == at::kFloat || scalar.scalar_type() == at::kDouble),
-                  "fusedoptim: the scalar states of ", names_[i], " must be one-element float CPU tensors");
+                  "fusedoptim: the scalar states of ", names_[i],
+                  " must be one-element float tensors on the CPU (or float32 on the params' CUDA device)");
+      if (!placement_known) device_scalars_ = on_device;  // the first defined scalar decides
+      placement_known = true;
+      TORCH_CHECK(on_device == device_scalars_, "fusedoptim: scalar states of one bucket on the CPU and on ", device_);
       scalar_ptrs_[k][i] = scalar.data_ptr();
       scalar_is_double_[k][i] = scalar.scalar_type() == at::kDouble;
     }
@@ -190,8 +196,16 @@ BucketTable Bucket::table() const {
   return BucketTable{entries_.data(), prefix_.data(), static_cast<int64_t>(entries_.size()), prefix_.back(), dtype_};
 }
 
+std::vector<void*> Bucket::entry_scalar_ptrs(int k) const {
+  std::vector<void*> out;
+  out.reserve(entry_params_.size());
+  for (int64_t i : entry_params_) out.push_back(scalar_ptrs_[k][i]);
+  return out;
+}
+
 const std::vector<double>& Bucket::advance_steps() {
   TORCH_CHECK(!scalars_.empty(), "fusedoptim: this bucket keeps no step counters");
+  TORCH_CHECK(!device_scalars_, "fusedoptim: this bucket's step counters are on ", device_);
   entry_steps_.resize(entries_.size());
   // torch keeps `step` as a float tensor and adds 1 in its dtype; then reads it as a double.
   for (size_t k = 0; k < entries_.size(); ++k) {

@@ -27,7 +27,9 @@ class Bucket {
   // any; scalars[0] is the step counter (ASGD adds eta and mu, NAdam mu_product).
   // first_step[i]: 1 while param i's state holds no values yet (SGD's momentum buffer
   // starts as a copy of the grad).
-  // Params and states live on one device, the CPU or a CUDA device; scalars on the CPU.
+  // Params and states live on one device, the CPU or a CUDA device; scalars on the CPU, or, for
+  // a CUDA bucket whose `step` torch keeps on the device (capturable, fused), all on that
+  // device in float32 (see device_scalars()).
   Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
          std::vector<std::vector<at::Tensor>> states, std::vector<std::vector<at::Tensor>> scalars,
          std::vector<int64_t> first_step);
@@ -54,6 +56,11 @@ class Bucket {
   // The param index of each entry of the last prepare().
   const std::vector<int64_t>& entry_params() const { return entry_params_; }
   std::vector<TensorEntry>& entries() { return entries_; }
+  // Whether the scalars live on the device: then only the CUDA step kernels touch them
+  // (NOTE: [Device steps and GradScaler] in csrc/cuda/sweep.cuh), never the host.
+  bool device_scalars() const { return device_scalars_; }
+  // Scalar k's address for each entry of the last prepare().
+  std::vector<void*> entry_scalar_ptrs(int k) const;
   // Advances the step counter of every param in the table; returns the new values.
   const std::vector<double>& advance_steps();
   // Scalar state k of the param of table entry `entry`, read and written in its own dtype.
@@ -74,6 +81,7 @@ class Bucket {
   std::vector<int64_t> first_step_;
   std::vector<at::Tensor> grads_;  // empty: the params' own .grad
   bool has_slots_;  // whether params need state (and a step) before they can step
+  bool device_scalars_ = false;
 
   // Cached at construction: the state and step addresses of each param (null: no state).
   std::vector<std::array<void*, kMaxSlots - kFirstStateSlot>> state_ptrs_;

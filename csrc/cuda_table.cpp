@@ -53,15 +53,18 @@ void DeviceTableCache::upload(at::Tensor& buffer, const void* data, size_t bytes
   buffer.narrow(0, 0, size).copy_(staging, /*non_blocking=*/true);
 }
 
-DeviceTable DeviceTableCache::sync(const BucketTable& table) {
+DeviceTable DeviceTableCache::sync(const BucketTable& table, const std::vector<void*>* step_ptrs) {
   const int64_t n = table.num_entries;
+  TORCH_CHECK(step_ptrs == nullptr || static_cast<int64_t>(step_ptrs->size()) == n,
+              "fusedoptim: ", step_ptrs ? step_ptrs->size() : 0, " device steps for ", n, " table entries");
   bool layout_changed = static_cast<int64_t>(uploaded_.size()) != n;
   for (int64_t i = 0; i < n && !layout_changed; ++i) layout_changed = !same_tensors(table.entries[i], uploaded_[i]);
-  bool uniform = true;
+  // Device steps: the step kernel writes every entry's coefficients on the device.
+  bool uniform = step_ptrs == nullptr;
   for (int64_t i = 1; i < n && uniform; ++i) uniform = same_coefs(table.entries[i], table.entries[0]);
   // Non-uniform coefficients are read from the device entries: upload them when they moved.
   bool coefs_changed = false;
-  if (!uniform && !layout_changed) {
+  if (!uniform && !layout_changed && step_ptrs == nullptr) {
     for (int64_t i = 0; i < n && !coefs_changed; ++i) coefs_changed = !same_coefs(table.entries[i], uploaded_[i]);
   }
   if (layout_changed) {
@@ -74,9 +77,11 @@ DeviceTable DeviceTableCache::sync(const BucketTable& table) {
   if (layout_changed || coefs_changed) {
     uploaded_.assign(table.entries, table.entries + n);
     const size_t entry_bytes = n * sizeof(TensorEntry), prefix_bytes = (n + 1) * sizeof(int64_t);
-    staging_.resize(entry_bytes + prefix_bytes);
+    const size_t step_bytes = step_ptrs ? n * sizeof(void*) : 0;
+    staging_.resize(entry_bytes + prefix_bytes + step_bytes);
     std::memcpy(staging_.data(), table.entries, entry_bytes);
     std::memcpy(staging_.data() + entry_bytes, padded_prefix_.data(), prefix_bytes);
+    if (step_ptrs) std::memcpy(staging_.data() + entry_bytes + prefix_bytes, step_ptrs->data(), step_bytes);
     upload(table_buffer_, staging_.data(), staging_.size());
   }
   DeviceTable out{};
@@ -84,6 +89,7 @@ DeviceTable DeviceTableCache::sync(const BucketTable& table) {
     const auto* base = static_cast<const unsigned char*>(table_buffer_.data_ptr());
     out.entries = reinterpret_cast<const TensorEntry*>(base);
     out.prefix = reinterpret_cast<const int64_t*>(base + n * sizeof(TensorEntry));
+    device_steps_ = reinterpret_cast<float* const*>(base + n * sizeof(TensorEntry) + (n + 1) * sizeof(int64_t));
   }
   out.num_entries = n;
   out.total_numel = n > 0 ? padded_prefix_[n] : 0;

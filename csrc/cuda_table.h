@@ -25,9 +25,26 @@ class DeviceTableCache {
   void run(const char* (*KernelTable::*kernel)(const DeviceTable&, const Hyper&, const Launch&),
            const BucketTable& table, const Hyper& hyper) {
     const c10::DeviceGuard guard(device_);
-    const DeviceTable device_table = sync(table);
-    const char* error = (kernels()->*kernel)(device_table, hyper, launch());
-    TORCH_CHECK(error == nullptr, "fusedoptim: a CUDA kernel launch failed: ", error);
+    const DeviceTable device_table = sync(table, nullptr);
+    check((kernels()->*kernel)(device_table, hyper, launch()));
+  }
+
+  // A step whose `step` counters live on the device (step_ptrs[e]: entry e's float32 counter):
+  // the step kernel advances them and sets the coefficients, then the update runs; with
+  // GradScaler's grad_scale and found_inf when given (NOTE: [Device steps and GradScaler]).
+  // No host sync, and no allocation unless the table changed.
+  template <typename Hyper>
+  void run_device_steps(
+      const char* (*KernelTable::*steps_kernel)(const DeviceTable&, const Hyper&, const DeviceSteps&, const Launch&),
+      const char* (*KernelTable::*kernel)(const DeviceTable&, const Hyper&, const Launch&), const BucketTable& table,
+      const Hyper& hyper, const std::vector<void*>& step_ptrs, const float* grad_scale, const float* found_inf) {
+    const c10::DeviceGuard guard(device_);
+    DeviceTable device_table = sync(table, &step_ptrs);
+    device_table.grad_scale = grad_scale;
+    device_table.found_inf = found_inf;
+    const Launch where = launch();
+    check((kernels()->*steps_kernel)(device_table, hyper, DeviceSteps{device_steps_}, where));
+    check((kernels()->*kernel)(device_table, hyper, where));
   }
 
   // Runs a reduction over `segments` and returns num_sums doubles per segment on the host
@@ -38,17 +55,21 @@ class DeviceTableCache {
               const BucketTable& table, const Hyper& hyper, const std::vector<Segment>& segments, int num_sums,
               std::vector<double>& out) {
     const c10::DeviceGuard guard(device_);
-    const DeviceTable device_table = sync(table);
+    const DeviceTable device_table = sync(table, nullptr);
     const DeviceSegments device_segments = upload_segments(segments, num_sums);
-    const char* error = (kernels()->*kernel)(device_table, hyper, device_segments, launch());
-    TORCH_CHECK(error == nullptr, "fusedoptim: a CUDA kernel launch failed: ", error);
+    check((kernels()->*kernel)(device_table, hyper, device_segments, launch()));
     download_sums(out);
   }
 
  private:
   // Uploads what changed of `table` (pointers and sizes, or coefficients that differ between
-  // entries) and describes it for a launch. With the device guard held.
-  DeviceTable sync(const BucketTable& table);
+  // entries) and describes it for a launch. With step_ptrs (device steps) the coefficients are
+  // the step kernel's, never the host's, and the step pointers travel with the table. With the
+  // device guard held.
+  DeviceTable sync(const BucketTable& table, const std::vector<void*>* step_ptrs);
+  static void check(const char* error) {
+    TORCH_CHECK(error == nullptr, "fusedoptim: a CUDA kernel launch failed: ", error);
+  }
   Launch launch() const;
   // Copies `bytes` from host memory into `buffer` (grown as needed) on the current stream.
   void upload(at::Tensor& buffer, const void* data, size_t bytes);
@@ -57,7 +78,8 @@ class DeviceTableCache {
 
   c10::Device device_;
   int grid_;
-  at::Tensor table_buffer_;  // device: entries, then the padded prefix
+  at::Tensor table_buffer_;  // device: entries, the padded prefix, then (device steps) step pointers
+  float* const* device_steps_ = nullptr;
   at::Tensor segment_buffer_;
   at::Tensor sums_;
   std::vector<TensorEntry> uploaded_;  // what table_buffer_ holds

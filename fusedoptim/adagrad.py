@@ -90,7 +90,8 @@ class Adagrad(FusedOptimizer):
 
 
 Adagrad.__doc__ = _torch_adagrad.Adagrad.__doc__ + """
-    fusedoptim: the step runs one fused kernel per bucket (param group x dtype) on the CPU.
+    fusedoptim: the step runs one fused kernel per bucket (param group x device x dtype), on
+    the CPU or CUDA.
     ``foreach`` and ``fused`` are accepted for compatibility and have no effect there; sparse
     gradients and ``differentiable=True`` take torch's own implementation (the reference path).
 """

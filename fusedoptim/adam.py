@@ -100,7 +100,11 @@ class Adam(FusedOptimizer):
     def _state_names(self, group):
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
-    def _fused_step(self, group, bucket):
+    def _device_steps(self, group):
+        # The CUDA step kernel computes the bias corrections from Python-float hyperparameters.
+        return not any(isinstance(x, torch.Tensor) for x in (group["lr"], *group["betas"]))
+
+    def _fused_step(self, group, bucket, device_amp=(None, None)):
         lr, (beta1, beta2), weight_decay = group["lr"], group["betas"], group["weight_decay"]
         coefs_at_step = None
         if any(isinstance(x, torch.Tensor) for x in (lr, beta1, beta2)):
@@ -115,7 +119,7 @@ class Adam(FusedOptimizer):
         bucket.adam(
             _scalar(lr), _scalar(beta1), _scalar(beta2), _scalar(group["eps"]), _scalar(weight_decay),
             bool(group["amsgrad"]), bool(group["maximize"]), bool(group["decoupled_weight_decay"]),
-            _scalar(1 - lr * weight_decay), coefs_at_step,
+            _scalar(1 - lr * weight_decay), coefs_at_step, *device_amp,
         )
 
     def _step_dtype(self, group):
@@ -141,7 +145,9 @@ class Adam(FusedOptimizer):
 
 
 Adam.__doc__ = _TorchAdam.__doc__ + """
-    fusedoptim: the step runs one fused kernel per bucket (param group x dtype) on the CPU.
-    ``foreach``, ``fused`` and ``capturable`` are accepted for compatibility and have no effect
-    there; ``differentiable=True`` takes the plain-torch reference path.
+    fusedoptim: the step runs one fused kernel per bucket (param group x device x dtype), on
+    the CPU or CUDA. ``foreach`` is accepted and has no effect. With ``fused=True`` or
+    ``capturable=True``, CUDA params keep ``step`` on the device as in torch and the step makes
+    no host sync (a step kernel advances it; GradScaler's unscaling and skipping happen in the
+    kernels); ``differentiable=True`` takes the plain-torch reference path.
 """

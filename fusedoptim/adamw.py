@@ -36,7 +36,9 @@ class AdamW(Adam):
 
 
 AdamW.__doc__ = _TorchAdamW.__doc__ + """
-    fusedoptim: the step runs one fused kernel per bucket (param group x dtype) on the CPU.
-    ``foreach``, ``fused`` and ``capturable`` are accepted for compatibility and have no effect
-    there; ``differentiable=True`` takes the plain-torch reference path.
+    fusedoptim: the step runs one fused kernel per bucket (param group x device x dtype), on
+    the CPU or CUDA. ``foreach`` is accepted and has no effect. With ``fused=True`` or
+    ``capturable=True``, CUDA params keep ``step`` on the device as in torch and the step makes
+    no host sync (a step kernel advances it; GradScaler's unscaling and skipping happen in the
+    kernels); ``differentiable=True`` takes the plain-torch reference path.
 """

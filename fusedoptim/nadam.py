@@ -91,7 +91,9 @@ class NAdam(FusedOptimizer):
 
 
 NAdam.__doc__ = _torch_nadam.NAdam.__doc__ + """
-    fusedoptim: the step runs one fused kernel per bucket (param group x dtype) on the CPU.
-    ``foreach`` and ``capturable`` are accepted for compatibility and have no effect there;
+    fusedoptim: the step runs one fused kernel per bucket (param group x device x dtype), on
+    the CPU or CUDA.
+    ``foreach`` is accepted and has no effect; ``capturable=True`` keeps ``step`` on a CUDA
+    param's device as torch does, and such params take the reference path for now;
     ``differentiable=True`` takes torch's own implementation (the reference path).
 """

@@ -93,8 +93,11 @@ def _fusable_tensor(tensor):
 # The CUDA kernels take their per-tensor coefficients (bias corrections and the like) from the
 # host, which computes them from the `step` counters as on the CPU. torch.optim keeps `step` on
 # the CPU too, except for capturable=True and fused=True groups, which keep it on the device
-# (so that a step needs no host sync and can be captured in a CUDA graph). Until the kernels
-# read device-side steps, the CUDA params of such groups take the reference path.
+# so that a step needs no host sync and can be captured in a CUDA graph. For those, algorithms
+# whose coefficients a CUDA step kernel computes (`_device_steps`: Adam and AdamW with float
+# hyperparameters) keep `step` on the device as well and run with no host sync, GradScaler's
+# unscaling and skipping included (NOTE: [Device steps and GradScaler] in csrc/cuda/sweep.cuh);
+# the CUDA params of other such groups take the reference path.
 def _keeps_step_on_device(group):
     return bool(group.get("capturable") or group.get("fused"))
 
@@ -113,10 +116,12 @@ def _reusable_state(value, param):
     )
 
 
-def _reusable_scalar(value):
+def _reusable_scalar(value, device):
+    """Whether an existing 0-dim state can be read in place (on `device`: see NOTE: [CUDA steps])."""
     return (
-        isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.numel() == 1
-        and value.dtype in (torch.float32, torch.float64) and value.is_contiguous()
+        isinstance(value, torch.Tensor) and value.device == device and value.numel() == 1
+        and value.dtype in ((torch.float32,) if device.type == "cuda" else (torch.float32, torch.float64))
+        and value.is_contiguous()
     )
 
 
@@ -144,6 +149,11 @@ class _Bucket:
         self.state_names = state_names = optimizer._state_names(group)
         self.scalar_names = scalar_names = optimizer._scalar_names(group)
         step_dtype = optimizer._step_dtype(group)
+        # Whether `step` and the other 0-dim states live on the params' CUDA device.
+        self.device_steps = (
+            kernel_params[0].device.type == "cuda" and optimizer._has_step and _keeps_step_on_device(group)
+        )
+        scalar_device = kernel_params[0].device if self.device_steps else torch.device("cpu")
         n = len(params)
         self.has_slot = [st is not None for st in slot_states]
         self.states = {name: [None] * n for name in state_names}  # what the kernels sweep
@@ -168,7 +178,7 @@ class _Bucket:
                     needs_storage[name].append(i)
             for name in scalar_names:
                 value = st.get(name)
-                if not copy_existing and _reusable_scalar(value):
+                if not copy_existing and _reusable_scalar(value, scalar_device):
                     self.scalars[name][i] = value
                 else:
                     needs_scalar[name].append(i)
@@ -195,10 +205,11 @@ class _Bucket:
         for name, indices in needs_scalar.items():
             if not indices:
                 continue
-            values = torch.zeros(len(indices), dtype=step_dtype)
+            values = torch.zeros(len(indices), dtype=step_dtype, device=scalar_device)
             for k, i in enumerate(indices):
                 old = slot_states[i].get(name)
-                if isinstance(old, torch.Tensor) and old.dtype in (torch.float32, torch.float64) and old.dtype != step_dtype:
+                if (not self.device_steps and isinstance(old, torch.Tensor)
+                        and old.dtype in (torch.float32, torch.float64) and old.dtype != step_dtype):
                     self.scalars[name][i] = old.detach().to("cpu", copy=True).reshape(())  # torch keeps a loaded dtype
                     continue
                 values[k] = _scalar(old) if old is not None else optimizer._initial_scalar(group, name)
@@ -298,6 +309,16 @@ class _Plan:
                 if bucket.is_dtensor:
                     bucket.release_local_grads()
 
+    def amp_on_device(self):
+        """Whether every param with a grad is in a CUDA bucket with device steps, so the kernels
+        can take GradScaler's grad_scale and found_inf (NOTE: [Device steps and GradScaler])."""
+        buckets = [b for _, group_buckets, _ in self.groups for b in group_buckets]
+        return (
+            any(b.compiled.num_entries for b in buckets)
+            and all(b.device_steps and not b.is_dtensor for b in buckets)
+            and not any(p.grad is not None for _, _, reference in self.groups for p in reference)
+        )
+
     def commit(self, state):
         for _, buckets, _ in self.groups:
             for bucket in buckets:
@@ -360,7 +381,7 @@ class FusedOptimizer(Optimizer):
         """Options whose change needs a new plan (they change states or routing)."""
         return (
             tuple(self._state_names(group)), tuple(self._scalar_names(group)), self._reference_group(group),
-            self._step_dtype(group),
+            self._step_dtype(group), _keeps_step_on_device(group) and self._device_steps(group),
         )
 
     # Algorithms whose fused host code does not replay torch's arithmetic in the dtype of Tensor
@@ -378,6 +399,11 @@ class FusedOptimizer(Optimizer):
     def _step_dtype(self, group):
         """The dtype of 0-dim states: torch.optim's _get_scalar_dtype(is_fused=group's fused)."""
         return _get_scalar_dtype(is_fused=group.get("fused"))
+
+    def _device_steps(self, group):
+        """Whether a CUDA step kernel computes this group's per-tensor coefficients from device-side
+        `step` counters (NOTE: [CUDA steps]); then `_fused_step` takes `device_amp`."""
+        return False
 
     def _needs_whole_tensor(self, group):
         """None if this group's update of a param can run on each local shard of a sharded
@@ -481,7 +507,8 @@ class FusedOptimizer(Optimizer):
             if not _fusable_tensor(p):
                 unsupported.append(_tensor_kind(p))
                 reference.append(i)
-            elif p.device.type == "cuda" and self._has_step and _keeps_step_on_device(group):
+            elif (p.device.type == "cuda" and self._has_step and _keeps_step_on_device(group)
+                  and not self._device_steps(group)):
                 unsupported.append(f"{_tensor_kind(p)} with the step on the device (capturable or fused)")
                 reference.append(i)
             elif grad is not None and (grad.layout != torch.strided or not _dtensor.has_own_memory(grad)):
@@ -588,19 +615,31 @@ class FusedOptimizer(Optimizer):
         if not isinstance(self.state, StateMap):
             self.state = StateMap(self.state)
         grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
-        if found_inf is not None and found_inf.item() != 0:
-            self._skip_overflowed_step()
-            return loss
-        if grad_scale is not None:
-            self._unscale_grads(grad_scale)
+        device_amp = False  # NOTE: [Device steps and GradScaler]: the kernels unscale and skip
+        if (grad_scale is not None or found_inf is not None) and self._has_step:
+            device_amp = self._ready_plan().amp_on_device()  # the state a first step creates, as below
+        if not device_amp:
+            if found_inf is not None and found_inf.item() != 0:
+                self._skip_overflowed_step()
+                return loss
+            if grad_scale is not None:
+                self._unscale_grads(grad_scale)
         plan = self._ready_plan()
         fused = reference = 0
         try:
             for group, buckets, reference_params in plan.groups:
                 for bucket in buckets:
-                    if bucket.compiled.num_entries:
+                    if not bucket.compiled.num_entries:
+                        continue
+                    if device_amp:
+                        device = bucket.kernel_params[0].device
+                        self._fused_step(group, bucket.compiled, device_amp=(
+                            None if grad_scale is None else grad_scale.to(device, torch.float32).reshape(1),
+                            None if found_inf is None else found_inf.to(device, torch.float32).reshape(1),
+                        ))
+                    else:
                         self._fused_step(group, bucket.compiled)
-                        fused += bucket.compiled.num_entries
+                    fused += bucket.compiled.num_entries
                 with_grad = [p for p in reference_params if p.grad is not None]
                 if with_grad:
                     version = self.state.version

@@ -79,7 +79,8 @@ class SGD(FusedOptimizer):
 
 
 SGD.__doc__ = _TorchSGD.__doc__ + """
-    fusedoptim: the step runs one fused kernel per bucket (param group x dtype) on the CPU.
+    fusedoptim: the step runs one fused kernel per bucket (param group x device x dtype), on
+    the CPU or CUDA.
     ``foreach`` and ``fused`` are accepted for compatibility and have no effect there;
     sparse gradients and ``differentiable=True`` take the plain-torch reference path.
 """

@@ -36,14 +36,19 @@ TAIL_SHAPES = [(n,) for n in [1, 7, 8, 9, 15, 16, 17, 31, 33, 4097, 65537, 16384
 
 
 def _keeps_step_on_device(config):
-    """Groups whose `step` lives on the device take the reference path on CUDA for now
-    (NOTE: [CUDA steps] in fusedoptim/optimizer.py)."""
     has_step = config.optim not in ("SGD", "Lion")
     return has_step and bool(config.kwargs.get("capturable") or config.kwargs.get("fused"))
 
 
+def _device_steps(config):
+    """Adam and AdamW with float hyperparameters run such groups with a CUDA step kernel; the
+    others take the reference path (NOTE: [CUDA steps] in fusedoptim/optimizer.py)."""
+    floats = not any(type(v).__name__ == "TensorHP" for v in (config.kwargs.get("lr"), *config.kwargs.get("betas", ())))
+    return config.optim in ("Adam", "AdamW") and floats
+
+
 def _expects_fused(config):
-    return config.expects_fused_path and not _keeps_step_on_device(config)
+    return config.expects_fused_path and (not _keeps_step_on_device(config) or _device_steps(config))
 
 
 def _run(cls, config, kwargs_fn, values, grads):
@@ -73,6 +78,8 @@ def test_registry_parity_on_cuda(config, dtype):
     assert_runs_match(f_opt, t_opt, f_params, t_params, config)
     _check_paths(config, f_opt)
     assert all(p.is_cuda for p in f_params)
+    step_device = "cuda" if _keeps_step_on_device(config) else "cpu"
+    assert all(f_opt.state[p]["step"].device.type == step_device for p in f_params if "step" in f_opt.state[p])
 
 
 @pytest.mark.filterwarnings("ignore::fusedoptim.ReferencePathWarning")
@@ -238,3 +245,79 @@ def test_tensor_of_more_than_2_31_elements():
     for index in (0, 2**31 - 1, 2**31, numel - 1):
         assert param[index].item() == 0.6875, index
         assert opt.state[param]["momentum_buffer"][index].item() == 0.75, index
+
+
+@pytest.mark.parametrize("optim,kwargs", [
+    ("Adam", dict(lr=1e-2, capturable=True)),
+    ("AdamW", dict(lr=1e-2, weight_decay=0.1, capturable=True, amsgrad=True)),
+    ("Adam", dict(lr=1e-2, fused=True)),
+])
+def test_captured_step_replays_like_eager_torch(optim, kwargs):
+    """A whole step with device-side `step` captured in a CUDA graph and replayed: no host sync
+    and no allocation after the warm-up (NOTE: [Device steps and GradScaler])."""
+    shapes = [(4097,), (33,), (16384 * 2 + 3,)]
+    values = make_param_values(shapes, torch.float32, seed=10)
+    grads = make_grad_values(shapes, torch.float32, num_steps=6, seed=1000)
+    t_params = as_params([v.cuda() for v in values])
+    t_opt = getattr(torch.optim, optim)(t_params, **kwargs)
+    run_steps(t_opt, t_params, [[g.cuda() for g in gs] for gs in grads])
+
+    f_params = as_params([v.cuda() for v in values])
+    static_grads = [torch.zeros_like(p) for p in f_params]
+    for p, g in zip(f_params, static_grads):
+        p.grad = g
+    f_opt = getattr(fusedoptim, optim)(f_params, **kwargs)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up steps build the plan and the state
+        for step in range(2):
+            for g, value in zip(static_grads, grads[step]):
+                g.copy_(value)
+            f_opt.step()
+    torch.cuda.current_stream().wait_stream(stream)
+    assert_fused_path(f_opt)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        f_opt.step()
+    for step in range(2, 6):
+        for g, value in zip(static_grads, grads[step]):
+            g.copy_(value)
+        graph.replay()
+    torch.cuda.synchronize()
+    for pf, pt in zip(f_params, t_params):
+        torch.testing.assert_close(pf, pt, rtol=1e-5, atol=1e-6)
+        assert f_opt.state[pf]["step"].item() == t_opt.state[pt]["step"].item() == 6
+        torch.testing.assert_close(f_opt.state[pf]["exp_avg_sq"], t_opt.state[pt]["exp_avg_sq"], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_grad_scaler_unscales_and_skips_in_the_kernels(dtype):
+    """fused=True Adam under GradScaler with an inf injected on some steps: the same params,
+    states, steps and scaler history as torch's fused Adam, with no host sync of found_inf."""
+    shapes = [(4097,), (7,)]
+    values = make_param_values(shapes, dtype, seed=12)
+    targets = make_grad_values(shapes, torch.float32, num_steps=6, seed=1200)
+    runs = []
+    for cls in (torch.optim.Adam, fusedoptim.Adam):
+        params = [v.cuda().requires_grad_() for v in values]
+        opt = cls(params, lr=1e-2, fused=True)
+        scaler = torch.amp.GradScaler("cuda", init_scale=2.0**12, growth_interval=2)
+        scales = []
+        for step in range(6):
+            opt.zero_grad()
+            loss = sum(0.5 * ((p.float() - t.cuda()) ** 2).sum() for p, t in zip(params, targets[step]))
+            scaler.scale(loss).backward()
+            if step in (1, 4):
+                params[0].grad.view(-1)[step] = float("inf")
+            scaler.step(opt)
+            scaler.update()
+            scales.append(scaler.get_scale())
+        runs.append((opt, params, scales))
+    (t_opt, t_params, t_scales), (f_opt, f_params, f_scales) = runs
+    assert f_scales == t_scales
+    assert_fused_path(f_opt)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
+    for pf, pt in zip(f_params, t_params):
+        torch.testing.assert_close(pf, pt, **tol)
+        assert f_opt.state[pf]["step"].item() == t_opt.state[pt]["step"].item() == 4
+        assert f_opt.state[pf]["step"].is_cuda

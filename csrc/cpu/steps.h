@@ -9,8 +9,10 @@
 namespace fusedoptim {
 namespace cpu {
 
+// grad_scale, found_inf: GradScaler's device tensors, for CUDA buckets with device steps only.
 void adam_step(Bucket& bucket, const math::AdamHyper& hyper,
-               const std::function<math::AdamStepCoefs(double)>& coefs_at_step);
+               const std::function<math::AdamStepCoefs(double)>& coefs_at_step,
+               const float* grad_scale = nullptr, const float* found_inf = nullptr);
 void sgd_step(Bucket& bucket, const math::SgdHyper& hyper);
 void adadelta_step(Bucket& bucket, const math::AdadeltaHyper& hyper);
 void adagrad_step(Bucket& bucket, const math::AdagradHyper& hyper);

@@ -18,10 +18,13 @@ int multiprocessor_count(int device, const char** error) {
 namespace {
 
 #define FO_CUDA_ENTRY(name, Rule, Hyper) name##_launch,
+#define FO_CUDA_STEPS_ENTRY(name, Coefs, Hyper) name##_steps_launch,
 const KernelTable kCudaKernels = {
-    FO_ELEMENTWISE_RULES(FO_CUDA_ENTRY) FO_REDUCTION_RULES(FO_CUDA_ENTRY) multiprocessor_count,
+    FO_ELEMENTWISE_RULES(FO_CUDA_ENTRY) FO_REDUCTION_RULES(FO_CUDA_ENTRY)
+        FO_DEVICE_STEP_RULES(FO_CUDA_STEPS_ENTRY) multiprocessor_count,
 };
 #undef FO_CUDA_ENTRY
+#undef FO_CUDA_STEPS_ENTRY
 
 const bool kRegistered = (register_kernels(&kCudaKernels), true);
 

@@ -73,6 +73,14 @@ __device__ FO_INLINE void store_pack(void* slot, int64_t pack, const Pack<Storag
   static_cast<uint4*>(slot)[pack] = u.bits;
 }
 
+// NOTE: [Device steps and GradScaler]
+// With torch's capturable=True or fused=True, `step` lives on the device. A step kernel (one
+// thread per tensor) then advances it and writes the tensor's coefficients into the device
+// table before the update kernel reads them, so a step needs no host sync and its launches can
+// be captured in a CUDA graph. GradScaler's protocol is honoured on the device as torch's
+// fused kernels do: when *found_inf is not zero both kernels return at once (params, states
+// and `step` unchanged); otherwise each grad is divided by *grad_scale, used, and stored back
+// unscaled.
 template <template <typename> class Rule, typename Storage>
 struct CudaRuleBody {
   using S = math_t<Storage>;
@@ -81,9 +89,12 @@ struct CudaRuleBody {
   static constexpr int kStates = kMaxStates > 0 ? kMaxStates : 1;
   static constexpr int kWidth = Pack<Storage>::kWidth;
   Rule<S> rule;
+  bool unscale;
+  S grad_scale;
 
   template <typename Hyper>
-  __device__ explicit CudaRuleBody(const Hyper& hyper) : rule(hyper) {}
+  __device__ CudaRuleBody(const Hyper& hyper, const float* scale)
+      : rule(hyper), unscale(scale != nullptr), grad_scale(scale != nullptr ? S(*scale) : S(1)) {}
 
   __device__ FO_INLINE bool vector_aligned(const TensorEntry& e) const {
     uintptr_t bits = reinterpret_cast<uintptr_t>(e.ptr[kParamSlot]) | reinterpret_cast<uintptr_t>(e.ptr[kGradSlot]);
@@ -95,7 +106,11 @@ struct CudaRuleBody {
 
   __device__ FO_INLINE void apply_one(const TensorEntry& e, const Coefs& coefs, int64_t i) const {
     S param = load_scalar(static_cast<const Storage*>(e.ptr[kParamSlot]) + i);
-    const S grad = load_scalar(static_cast<const Storage*>(e.ptr[kGradSlot]) + i);
+    S grad = load_scalar(static_cast<const Storage*>(e.ptr[kGradSlot]) + i);
+    if (unscale) {
+      grad = grad / grad_scale;
+      store_scalar(static_cast<Storage*>(e.ptr[kGradSlot]) + i, grad);
+    }
     S state[kStates];
     for (int k = 0; k < kMaxStates; ++k) {
       if (k < rule.num_states) state[k] = load_scalar(static_cast<const Storage*>(e.ptr[kFirstStateSlot + k]) + i);
@@ -113,7 +128,7 @@ struct CudaRuleBody {
   __device__ FO_INLINE void apply_pack(const TensorEntry& e, const Coefs& coefs, int64_t pack) const {
     using P = Pack<Storage>;
     P param_pack = load_pack<Storage>(e.ptr[kParamSlot], pack);
-    const P grad_pack = load_pack<Storage>(e.ptr[kGradSlot], pack);
+    P grad_pack = load_pack<Storage>(e.ptr[kGradSlot], pack);
     P state_pack[kStates];
     for (int k = 0; k < kMaxStates; ++k) {
       if (k < rule.num_states) state_pack[k] = load_pack<Storage>(e.ptr[kFirstStateSlot + k], pack);
@@ -121,7 +136,11 @@ struct CudaRuleBody {
 #pragma unroll
     for (int w = 0; w < kWidth; ++w) {
       S param = load_scalar(&param_pack.v[w]);
-      const S grad = load_scalar(&grad_pack.v[w]);
+      S grad = load_scalar(&grad_pack.v[w]);
+      if (unscale) {
+        grad = grad / grad_scale;
+        store_scalar(&grad_pack.v[w], grad);
+      }
       S state[kStates];
       for (int k = 0; k < kMaxStates; ++k) {
         if (k < rule.num_states) state[k] = load_scalar(&state_pack[k].v[w]);
@@ -133,6 +152,7 @@ struct CudaRuleBody {
       }
     }
     store_pack<Storage>(e.ptr[kParamSlot], pack, param_pack);
+    if (unscale) store_pack<Storage>(e.ptr[kGradSlot], pack, grad_pack);
     if constexpr (!reads_states_only<Rule<S>>::value) {
       for (int k = 0; k < kMaxStates; ++k) {
         if (k < rule.num_states) store_pack<Storage>(e.ptr[kFirstStateSlot + k], pack, state_pack[k]);
@@ -161,7 +181,8 @@ __device__ FO_INLINE math::TensorCoefs<S> coefs_of(const DeviceTable& table, con
 template <template <typename> class Rule, typename Storage, typename Hyper>
 __global__ void __launch_bounds__(kThreadsPerBlock) elementwise_kernel(const DeviceTable table, const Hyper hyper) {
   using S = math_t<Storage>;
-  const CudaRuleBody<Rule, Storage> body(hyper);
+  if (table.found_inf != nullptr && *table.found_inf != 0.0f) return;  // NOTE: [Device steps and GradScaler]
+  const CudaRuleBody<Rule, Storage> body(hyper, table.grad_scale);
   for (int64_t chunk = blockIdx.x; chunk < table.num_chunks; chunk += gridDim.x) {
     const int64_t begin = chunk * kChunkNumel;
     const int64_t end = begin + kChunkNumel < table.total_numel ? begin + kChunkNumel : table.total_numel;
@@ -227,6 +248,21 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   }
 }
 
+// Advances each entry's device-side `step` and writes its coefficients into the device table
+// (NOTE: [Device steps and GradScaler]). Coefs::at_step is the host's own function.
+template <typename Coefs, typename Hyper>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    advance_steps_kernel(const DeviceTable table, const Hyper hyper, const DeviceSteps steps) {
+  if (table.found_inf != nullptr && *table.found_inf != 0.0f) return;
+  TensorEntry* entries = const_cast<TensorEntry*>(table.entries);  // the device copy is ours
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < table.num_entries;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const float step = *steps.steps[e] + 1.0f;  // torch adds 1 to the float32 tensor
+    *steps.steps[e] = step;
+    Coefs::at_step(hyper, double(step)).to_coefs(entries[e].coef);
+  }
+}
+
 FO_INLINE const char* launch_error() {
   const cudaError_t error = cudaGetLastError();
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
@@ -274,9 +310,31 @@ const char* launch_reduction(const DeviceTable& table, const Hyper& hyper, const
   return "fusedoptim: unknown storage dtype";
 }
 
+template <typename Coefs, typename Hyper>
+const char* launch_advance_steps(const DeviceTable& table, const Hyper& hyper, const DeviceSteps& steps,
+                                 const Launch& launch) {
+  if (table.num_entries == 0) return nullptr;
+  const int64_t needed = (table.num_entries + kThreadsPerBlock - 1) / kThreadsPerBlock;
+  const int64_t blocks = needed < launch.grid ? needed : launch.grid;
+  advance_steps_kernel<Coefs, Hyper><<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0,
+                                       static_cast<cudaStream_t>(launch.stream)>>>(table, hyper, steps);
+  return launch_error();
+}
+
 }  // namespace FO_ISA
 }  // namespace cuda
 }  // namespace fusedoptim
+
+// Defines the launcher fusedoptim::cuda::<name>_steps_launch declared in launch.h.
+#define FO_CUDA_DEVICE_STEPS(name, Coefs, Hyper)                                                     \
+  namespace fusedoptim {                                                                             \
+  namespace cuda {                                                                                   \
+  const char* name##_steps_launch(const DeviceTable& table, const math::Hyper& hyper,                \
+                                  const DeviceSteps& steps, const Launch& launch) {                 \
+    return launch_advance_steps<math::Coefs>(table, hyper, steps, launch);                           \
+  }                                                                                                  \
+  }                                                                                                  \
+  }
 
 // Defines the launcher fusedoptim::cuda::<name>_launch declared in launch.h.
 #define FO_CUDA_ELEMENTWISE(name, Rule, Hyper)                                                       \

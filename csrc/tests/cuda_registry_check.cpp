@@ -30,6 +30,13 @@ int main() {
   FO_ELEMENTWISE_RULES(FO_CHECK_ENTRY)
   FO_REDUCTION_RULES(FO_CHECK_ENTRY)
 #undef FO_CHECK_ENTRY
+#define FO_CHECK_STEPS(name, Coefs, Hyper)                    \
+  if (table->name##_steps == nullptr) {                      \
+    std::printf("no CUDA step kernel for %s\n", #name);      \
+    ++missing;                                               \
+  }
+  FO_DEVICE_STEP_RULES(FO_CHECK_STEPS)
+#undef FO_CHECK_STEPS
   if (table->multiprocessor_count == nullptr) ++missing;
   if (missing == 0) std::puts("every rule has a CUDA launcher");
   return missing == 0 ? 0 : 1;

@@ -8,6 +8,12 @@
 #include "cpu/kernels.h"  // the rule lists (FO_ELEMENTWISE_RULES, FO_REDUCTION_RULES)
 #include "fusedoptim/bucket_table.h"
 
+// The rules whose per-tensor coefficients the device computes from device-side `step` counters:
+// X(rule name, step-coefficient struct with FO_HOST_DEVICE at_step(hyper, step) and
+// to_coefs(double*), hyperparameter struct). Groups of other rules with device steps take the
+// reference path (NOTE: [CUDA steps] in fusedoptim/optimizer.py).
+#define FO_DEVICE_STEP_RULES(X) X(adam, AdamStepCoefs, AdamHyper)
+
 namespace fusedoptim {
 namespace cuda {
 
@@ -40,6 +46,17 @@ struct DeviceTable {
   // step uploads nothing unless pointers changed.
   int32_t uniform_coefs;
   TensorEntry uniform;
+  // GradScaler's protocol on the device (NOTE: [Device steps and GradScaler] in sweep.cuh), or
+  // nullptr: grads are divided by *grad_scale (and stored back unscaled), and nothing is done
+  // when *found_inf is not zero.
+  const float* grad_scale;
+  const float* found_inf;
+};
+
+// Per-entry 0-dim states on the device (torch's `step` for capturable=True and fused=True),
+// which a step kernel advances and turns into the entries' coefficients before the update.
+struct DeviceSteps {
+  float* const* steps;  // device: one float32 `step` per entry
 };
 
 // Where a launch runs.
@@ -61,23 +78,31 @@ struct DeviceSegments {
   const char* (*name)(const DeviceTable&, const math::Hyper&, const Launch&);
 #define FO_CUDA_REDUCTION_FIELD(name, Rule, Hyper) \
   const char* (*name)(const DeviceTable&, const math::Hyper&, const DeviceSegments&, const Launch&);
+#define FO_CUDA_STEP_FIELD(name, Coefs, Hyper) \
+  const char* (*name##_steps)(const DeviceTable&, const math::Hyper&, const DeviceSteps&, const Launch&);
 struct KernelTable {
   FO_ELEMENTWISE_RULES(FO_CUDA_KERNEL_FIELD)
   FO_REDUCTION_RULES(FO_CUDA_REDUCTION_FIELD)
+  FO_DEVICE_STEP_RULES(FO_CUDA_STEP_FIELD)
   // The number of multiprocessors of a device (sizes the grid), or -1 with *error set.
   int (*multiprocessor_count)(int device, const char** error);
 };
 #undef FO_CUDA_KERNEL_FIELD
 #undef FO_CUDA_REDUCTION_FIELD
+#undef FO_CUDA_STEP_FIELD
 
 #define FO_CUDA_DECLARE_KERNEL(name, Rule, Hyper) \
   const char* name##_launch(const DeviceTable&, const math::Hyper&, const Launch&);
 #define FO_CUDA_DECLARE_REDUCTION(name, Rule, Hyper) \
   const char* name##_launch(const DeviceTable&, const math::Hyper&, const DeviceSegments&, const Launch&);
+#define FO_CUDA_DECLARE_STEPS(name, Coefs, Hyper) \
+  const char* name##_steps_launch(const DeviceTable&, const math::Hyper&, const DeviceSteps&, const Launch&);
 FO_ELEMENTWISE_RULES(FO_CUDA_DECLARE_KERNEL)
 FO_REDUCTION_RULES(FO_CUDA_DECLARE_REDUCTION)
+FO_DEVICE_STEP_RULES(FO_CUDA_DECLARE_STEPS)
 #undef FO_CUDA_DECLARE_KERNEL
 #undef FO_CUDA_DECLARE_REDUCTION
+#undef FO_CUDA_DECLARE_STEPS
 int multiprocessor_count(int device, const char** error);
 
 // The CUDA kernels of this build, or nullptr when it has none (a CPU-only build). The CUDA

@@ -42,6 +42,14 @@ struct AdamStepCoefs {
     const double bias_correction2 = 1.0 - pow(h.beta2, step);
     return {-(h.lr / bias_correction1), 1.0 / pow(bias_correction2, 0.5)};
   }
+
+  // As TensorEntry::coef (AdamRule's c[0], c[1]).
+  FO_HOST_DEVICE void to_coefs(double* c) const {
+    c[0] = neg_step_size;
+    c[1] = inv_bias_correction2_sqrt;
+    c[2] = 0.0;
+    c[3] = 0.0;
+  }
 };
 
 inline namespace FO_ISA {

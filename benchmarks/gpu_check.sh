@@ -8,6 +8,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+# pytest-xdist workers share the cores: two OpenMP threads each, not $(nproc) each.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 PY="${PYTHON:-python3}"
 
 slug=$("$PY" -c "import re, torch; print(re.sub(r'[^A-Za-z0-9]+', '-', torch.cuda.get_device_name()).strip('-').lower())")
@@ -23,7 +25,6 @@ mkdir -p benchmarks/results
 
   echo "== build"
   start=$SECONDS
-  rm -rf build fusedoptim/_C*.so
   "$PY" setup.py build_ext --inplace > /tmp/fusedoptim_build.log 2>&1 || { tail -50 /tmp/fusedoptim_build.log; exit 3; }
   echo "built in $((SECONDS - start)) s"
   "$PY" -c "import fusedoptim; assert fusedoptim.cuda_kernels_compiled(), 'no CUDA kernels in the build'; print('CUDA kernels: yes')" || exit 3
@@ -31,8 +32,8 @@ mkdir -p benchmarks/results
   echo "== tests"
   start=$SECONDS
   workers=()
-  if "$PY" -c "import xdist" 2>/dev/null; then workers=(-n 8); fi
-  "$PY" -m pytest -q -p no:cacheprovider "${workers[@]}" --junitxml="$junit" tests 2>&1 | tail -40
+  if "$PY" -c "import xdist" 2>/dev/null; then workers=(-n 8 --dist loadfile); fi
+  timeout 300 "$PY" -m pytest -q -p no:cacheprovider "${workers[@]}" --junitxml="$junit" tests 2>&1 | tail -40
   test_status=${PIPESTATUS[0]}
   echo "tests exited $test_status in $((SECONDS - start)) s"
 

@@ -58,6 +58,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("params"), py::arg("names"), py::arg("states"), py::arg("scalars"), py::arg("first_step"))
       .def("prepare", [](Bucket& b) { return static_cast<int>(b.prepare()); })
       .def_property_readonly("num_entries", &Bucket::num_entries)
+      .def_property_readonly("has_strided_grads", &Bucket::has_strided_grads)
       .def("adam",
            [](Bucket& b, double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
               bool maximize, bool decoupled_weight_decay, double decay_factor, py::object coefs_at_step,
@@ -72,6 +73,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                    b, hyper, [&](double step) { return fusedoptim::math::AdamStepCoefs::at_step(hyper, step); },
                    scale, inf);
              } else {
+               TORCH_CHECK(scale == nullptr && inf == nullptr,
+                           "fusedoptim: Tensor hyperparameters take no device-side grad_scale or found_inf");
                // Called once per distinct step count, with the GIL held.
                adam_step(b, hyper, [&](double step) {
                  auto pair = coefs_at_step(step).cast<std::pair<double, double>>();

@@ -48,6 +48,8 @@ class Bucket {
   Status prepare();
 
   int64_t num_entries() const { return static_cast<int64_t>(entries_.size()); }
+  // Whether the last prepare() swept some grads through contiguous copies (strided grads).
+  bool has_strided_grads() const { return !grad_copies_.empty(); }
 
   // For the algorithm runs: the table of the last prepare().
   BucketTable table() const;

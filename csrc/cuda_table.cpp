@@ -27,7 +27,8 @@ bool same_coefs(const TensorEntry& a, const TensorEntry& b) {
 const KernelTable* kernels() { return registered_kernels; }
 void register_kernels(const KernelTable* table) { registered_kernels = table; }
 
-DeviceTableCache::DeviceTableCache(c10::Device device) : device_(device) {
+DeviceTableCache::DeviceTableCache(c10::Device device)
+    : device_(device), table_stream_(c10::Stream::DEFAULT, device) {
   TORCH_CHECK(device.is_cuda(), "fusedoptim: a device table is for CUDA tensors, not ", device);
   TORCH_CHECK(kernels() != nullptr, "fusedoptim: this build of fusedoptim._C has no CUDA kernels");
   const char* error = nullptr;
@@ -36,9 +37,20 @@ DeviceTableCache::DeviceTableCache(c10::Device device) : device_(device) {
   grid_ = count * kBlocksPerMultiprocessor;
 }
 
-Launch DeviceTableCache::launch() const {
+Launch DeviceTableCache::launch() {
   const c10::impl::VirtualGuardImpl guard_impl(device_.type());
-  return Launch{guard_impl.getStream(device_).native_handle(), grid_};
+  const c10::Stream stream = guard_impl.getStream(device_);
+  if (table_buffer_.defined() && stream != table_stream_) {
+    guard_impl.recordDataPtrOnStream(table_buffer_.storage().data_ptr(), stream);
+  }
+  return Launch{stream.native_handle(), grid_};
+}
+
+void DeviceTableCache::note_capture(const Launch& launch) {
+  const char* error = nullptr;
+  const int capturing = kernels()->stream_capturing(launch.stream, &error);
+  TORCH_CHECK(capturing >= 0, "fusedoptim: cudaStreamIsCapturing failed: ", error);
+  if (capturing) table_captured_ = true;
 }
 
 void DeviceTableCache::upload(at::Tensor& buffer, const void* data, size_t bytes) {
@@ -82,7 +94,14 @@ DeviceTable DeviceTableCache::sync(const BucketTable& table, const std::vector<v
     std::memcpy(staging_.data(), table.entries, entry_bytes);
     std::memcpy(staging_.data() + entry_bytes, padded_prefix_.data(), prefix_bytes);
     if (step_ptrs) std::memcpy(staging_.data() + entry_bytes + prefix_bytes, step_ptrs->data(), step_bytes);
+    if (table_captured_) {  // NOTE: [Captured tables]
+      captured_tables_.push_back(std::move(table_buffer_));
+      table_buffer_ = at::Tensor();
+      table_captured_ = false;
+    }
+    const bool fresh = !table_buffer_.defined() || table_buffer_.numel() < static_cast<int64_t>(staging_.size());
     upload(table_buffer_, staging_.data(), staging_.size());
+    if (fresh) table_stream_ = c10::impl::VirtualGuardImpl(device_.type()).getStream(device_);
   }
   DeviceTable out{};
   if (n > 0) {

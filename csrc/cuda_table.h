@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 #include <c10/core/DeviceGuard.h>
+#include <c10/core/Stream.h>
 #include <c10/util/Exception.h>
 
 #include "fusedoptim/cuda/launch.h"
@@ -26,7 +27,9 @@ class DeviceTableCache {
            const BucketTable& table, const Hyper& hyper) {
     const c10::DeviceGuard guard(device_);
     const DeviceTable device_table = sync(table, nullptr);
-    check((kernels()->*kernel)(device_table, hyper, launch()));
+    const Launch where = launch();
+    check((kernels()->*kernel)(device_table, hyper, where));
+    note_capture(where);
   }
 
   // A step whose `step` counters live on the device (step_ptrs[e]: entry e's float32 counter):
@@ -45,6 +48,7 @@ class DeviceTableCache {
     const Launch where = launch();
     check((kernels()->*steps_kernel)(device_table, hyper, DeviceSteps{device_steps_}, where));
     check((kernels()->*kernel)(device_table, hyper, where));
+    note_capture(where);
   }
 
   // Runs a reduction over `segments` and returns num_sums doubles per segment on the host
@@ -70,7 +74,15 @@ class DeviceTableCache {
   static void check(const char* error) {
     TORCH_CHECK(error == nullptr, "fusedoptim: a CUDA kernel launch failed: ", error);
   }
-  Launch launch() const;
+  // The current stream, on which the table buffer is then safe to use (recorded with the caching
+  // allocator when it was allocated on another).
+  Launch launch();
+  // NOTE: [Captured tables]
+  // A CUDA graph captured over a step keeps the device address of the table buffer it read. So
+  // once a launch was captured, that buffer is never written again nor freed while the bucket
+  // lives: the next upload goes to a new buffer. (A plan rebuild makes new buckets; graphs
+  // captured before it must be captured again, as after any change of the params.)
+  void note_capture(const Launch& launch);
   // Copies `bytes` from host memory into `buffer` (grown as needed) on the current stream.
   void upload(at::Tensor& buffer, const void* data, size_t bytes);
   DeviceSegments upload_segments(const std::vector<Segment>& segments, int num_sums);
@@ -79,6 +91,9 @@ class DeviceTableCache {
   c10::Device device_;
   int grid_;
   at::Tensor table_buffer_;  // device: entries, the padded prefix, then (device steps) step pointers
+  c10::Stream table_stream_;  // the stream table_buffer_ was allocated on
+  bool table_captured_ = false;
+  std::vector<at::Tensor> captured_tables_;  // NOTE: [Captured tables]
   float* const* device_steps_ = nullptr;
   at::Tensor segment_buffer_;
   at::Tensor sums_;

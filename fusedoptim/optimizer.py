@@ -152,6 +152,7 @@ class _Bucket:
         # Whether `step` and the other 0-dim states live on the params' CUDA device.
         self.device_steps = (
             kernel_params[0].device.type == "cuda" and optimizer._has_step and _keeps_step_on_device(group)
+            and optimizer._device_steps(group)
         )
         scalar_device = kernel_params[0].device if self.device_steps else torch.device("cpu")
         n = len(params)
@@ -315,7 +316,9 @@ class _Plan:
         buckets = [b for _, group_buckets, _ in self.groups for b in group_buckets]
         return (
             any(b.compiled.num_entries for b in buckets)
-            and all(b.device_steps and not b.is_dtensor for b in buckets)
+            # A strided grad is swept through a contiguous copy: its unscaled values would not
+            # reach the user's .grad, which torch's fused Adam leaves unscaled.
+            and all(b.device_steps and not b.is_dtensor and not b.compiled.has_strided_grads for b in buckets)
             and not any(p.grad is not None for _, _, reference in self.groups for p in reference)
         )
 
@@ -399,6 +402,14 @@ class FusedOptimizer(Optimizer):
     def _step_dtype(self, group):
         """The dtype of 0-dim states: torch.optim's _get_scalar_dtype(is_fused=group's fused)."""
         return _get_scalar_dtype(is_fused=group.get("fused"))
+
+    def _lacks_step_kernel(self, group, tensor):
+        """Whether CUDA `tensor` would keep `step` on the device in `group` but its algorithm has
+        no CUDA step kernel for it (NOTE: [CUDA steps]): then it takes the reference path."""
+        return (
+            tensor.device.type == "cuda" and self._has_step and _keeps_step_on_device(group)
+            and not self._device_steps(group)
+        )
 
     def _device_steps(self, group):
         """Whether a CUDA step kernel computes this group's per-tensor coefficients from device-side
@@ -507,8 +518,7 @@ class FusedOptimizer(Optimizer):
             if not _fusable_tensor(p):
                 unsupported.append(_tensor_kind(p))
                 reference.append(i)
-            elif (p.device.type == "cuda" and self._has_step and _keeps_step_on_device(group)
-                  and not self._device_steps(group)):
+            elif self._lacks_step_kernel(group, p):
                 unsupported.append(f"{_tensor_kind(p)} with the step on the device (capturable or fused)")
                 reference.append(i)
             elif grad is not None and (grad.layout != torch.strided or not _dtensor.has_own_memory(grad)):
@@ -532,6 +542,8 @@ class FusedOptimizer(Optimizer):
         local = p._local_tensor
         if not _fusable_tensor(local):
             return False, f"DTensor of local {_tensor_kind(local)}"
+        if self._lacks_step_kernel(group, local):
+            return False, f"DTensor of local {_tensor_kind(local)} with the step on the device (capturable or fused)"
         if not _dtensor.local_placements(p):
             return False, f"DTensor on {p.placements}"
         why_whole = self._needs_whole_tensor(group)

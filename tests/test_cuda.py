@@ -51,9 +51,25 @@ def _expects_fused(config):
     return config.expects_fused_path and (not _keeps_step_on_device(config) or _device_steps(config))
 
 
+def _to_cuda(value):
+    if isinstance(value, torch.Tensor):
+        return value.cuda()
+    return tuple(_to_cuda(v) for v in value) if isinstance(value, tuple) else value
+
+
+def _cuda_kwargs(config, kwargs_fn):
+    """The registry runs torch without capturable=True where torch can't take it on the CPU; on
+    CUDA torch runs the configuration itself. Tensor hyperparameters of capturable groups live
+    on the device, as torch's capturable code expects."""
+    def kwargs(dtype):
+        out = config.fused_kwargs(dtype) if config.kwargs.get("capturable") else kwargs_fn(dtype)
+        return {k: _to_cuda(v) for k, v in out.items()} if out.get("capturable") else out
+    return kwargs
+
+
 def _run(cls, config, kwargs_fn, values, grads):
     params = as_params([v.cuda() for v in values])
-    opt = cls(config.optim)(params, **kwargs_fn(values[0].dtype))
+    opt = cls(config.optim)(params, **_cuda_kwargs(config, kwargs_fn)(values[0].dtype))
     run_steps(opt, params, [[g.cuda() for g in gs] for gs in grads])
     return opt, params
 
@@ -115,7 +131,7 @@ def test_tail_sizes_on_cuda_match_the_cpu_kernels(config, dtype):
 def test_misaligned_views_take_the_elementwise_path():
     """Params that are views at odd offsets of one buffer (not 16-byte aligned)."""
     buffer = torch.randn(4 * 1000 + 3, device="cuda", dtype=torch.float32)
-    offsets = [1, 1002, 2003, 3004]
+    offsets = [1, 1002, 2003, 3005]  # 4, 4008, 8012, 12020 bytes: none a multiple of 16
     grads = make_grad_values([(997,)] * 4, torch.float32, seed=5)
     base_t, base_f = buffer.clone(), buffer.clone()
     t_params = [base_t.narrow(0, o, 997).detach().requires_grad_() for o in offsets]

@@ -42,3 +42,7 @@ def test_counts_from_junit(tmp_path):
     junit.write_text('<?xml version="1.0"?><testsuites><testsuite name="pytest" errors="1" failures="2" '
                      'skipped="3" tests="20"></testsuite></testsuites>')
     assert gpu_check.test_counts(junit) == {"passed": 14, "failed": 3, "skipped": 3}
+
+
+def test_counts_without_junit(tmp_path):
+    assert gpu_check.test_counts(tmp_path / "missing.xml") == {"passed": None, "failed": None, "skipped": None}

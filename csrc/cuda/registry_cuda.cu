@@ -1,5 +1,6 @@
-// Registers this build's CUDA kernels with the host side when the extension loads, and asks
-// the device how large a grid to launch (NOTE: [CUDA without torch headers]).
+// Registers this build's CUDA kernels with the host side when the extension loads, and the two
+// runtime questions the host side asks: how large a grid to launch, and whether a stream is
+// capturing a graph (NOTE: [CUDA without torch headers]).
 #include "cuda/sweep.cuh"
 
 namespace fusedoptim {
@@ -15,6 +16,16 @@ int multiprocessor_count(int device, const char** error) {
   return count;
 }
 
+int stream_capturing(void* stream, const char** error) {
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  const cudaError_t status = cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &capture);
+  if (status != cudaSuccess) {
+    *error = cudaGetErrorString(status);
+    return -1;
+  }
+  return capture == cudaStreamCaptureStatusNone ? 0 : 1;
+}
+
 namespace {
 
 #define FO_CUDA_ENTRY(name, Rule, Hyper) name##_launch,
@@ -22,6 +33,7 @@ namespace {
 const KernelTable kCudaKernels = {
     FO_ELEMENTWISE_RULES(FO_CUDA_ENTRY) FO_REDUCTION_RULES(FO_CUDA_ENTRY)
         FO_DEVICE_STEP_RULES(FO_CUDA_STEPS_ENTRY) multiprocessor_count,
+    stream_capturing,
 };
 #undef FO_CUDA_ENTRY
 #undef FO_CUDA_STEPS_ENTRY

@@ -37,7 +37,7 @@ int main() {
   }
   FO_DEVICE_STEP_RULES(FO_CHECK_STEPS)
 #undef FO_CHECK_STEPS
-  if (table->multiprocessor_count == nullptr) ++missing;
+  if (table->multiprocessor_count == nullptr || table->stream_capturing == nullptr) ++missing;
   if (missing == 0) std::puts("every rule has a CUDA launcher");
   return missing == 0 ? 0 : 1;
 }

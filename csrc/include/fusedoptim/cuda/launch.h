@@ -86,6 +86,8 @@ struct KernelTable {
   FO_DEVICE_STEP_RULES(FO_CUDA_STEP_FIELD)
   // The number of multiprocessors of a device (sizes the grid), or -1 with *error set.
   int (*multiprocessor_count)(int device, const char** error);
+  // 1 if the stream is capturing a CUDA graph, 0 if not, -1 with *error set.
+  int (*stream_capturing)(void* stream, const char** error);
 };
 #undef FO_CUDA_KERNEL_FIELD
 #undef FO_CUDA_REDUCTION_FIELD
@@ -104,6 +106,7 @@ FO_DEVICE_STEP_RULES(FO_CUDA_DECLARE_STEPS)
 #undef FO_CUDA_DECLARE_REDUCTION
 #undef FO_CUDA_DECLARE_STEPS
 int multiprocessor_count(int device, const char** error);
+int stream_capturing(void* stream, const char** error);
 
 // The CUDA kernels of this build, or nullptr when it has none (a CPU-only build). The CUDA
 // objects register them when the extension loads (csrc/cuda/registry_cuda.cu).

@@ -121,6 +121,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              py::gil_scoped_release no_gil;
              lion_step(b, {lr, beta1, beta2, weight_decay, maximize});
            })
+      .def("grad_norm",
+           [](Bucket& b, double norm_type) {
+             const fusedoptim::math::GradNormHyper hyper = grad_norm_hyper(norm_type);
+             py::gil_scoped_release no_gil;
+             return grad_norm(b, hyper);
+           },
+           py::arg("norm_type"))
+      .def("set_grad_scale", &Bucket::set_grad_scale, py::arg("scale"))
       .def("grad_squares",
            [](Bucket& b) {
              py::gil_scoped_release no_gil;

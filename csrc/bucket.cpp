@@ -140,6 +140,7 @@ Bucket::Status Bucket::prepare() {
   entry_params_.clear();
   grad_copies_.clear();
   segments_numel_ = 0;
+  grad_scale_ = 1.0;
   const int64_t n = static_cast<int64_t>(params_.size());
   probes_.resize(n);
   at::parallel_for(0, n, 1024, [&](int64_t begin, int64_t end) { probe(begin, end); });
@@ -180,7 +181,8 @@ Bucket::Status Bucket::prepare() {
 }
 
 BucketTable Bucket::table() const {
-  return BucketTable{entries_.data(), prefix_.data(), static_cast<int64_t>(entries_.size()), prefix_.back(), dtype_};
+  return BucketTable{entries_.data(), prefix_.data(), static_cast<int64_t>(entries_.size()), prefix_.back(), dtype_,
+                     grad_scale_};
 }
 
 const std::vector<double>& Bucket::advance_steps() {

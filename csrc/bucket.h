@@ -57,6 +57,9 @@ class Bucket {
   const std::vector<Segment>& segments(int64_t max_numel);
   // Marks the state of every param in the table as holding values.
   void clear_first_steps();
+  // The grad multiplier of this step's table (max_grad_norm's clip coefficient); prepare()
+  // resets it to 1.
+  void set_grad_scale(double scale) { grad_scale_ = scale; }
 
  private:
   std::vector<at::Tensor> params_;
@@ -103,6 +106,7 @@ class Bucket {
   std::vector<at::Tensor> grad_copies_;  // contiguous copies of the rare strided grads
   std::vector<Segment> segments_;
   int64_t segments_numel_ = 0;  // the max_numel segments_ was cut with; 0: not cut since prepare()
+  double grad_scale_ = 1.0;
 };
 
 }  // namespace fusedoptim

@@ -31,6 +31,9 @@ struct BucketTable {
   int64_t num_entries;
   int64_t total_numel;
   DType dtype;
+  // Every grad is multiplied by this before the rule sees it (the clip coefficient of
+  // max_grad_norm, in the math type); 1.0: not at all.
+  double grad_scale = 1.0;
 };
 
 // A piece of one entry, [begin, end) in the entry's own index space: the unit of the

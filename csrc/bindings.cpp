@@ -144,6 +144,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 
   register_lbfgs(m);
 
+  // fusedoptim.clip_grad_norm_'s passes over a list of grads: (reduced value, indices of the
+  // grads left to torch) and the indices scale_grad_list left to torch.
+  m.def("grad_norm_list", [](const std::vector<at::Tensor>& grads, double norm_type) {
+    const fusedoptim::math::GradNormHyper hyper = grad_norm_hyper(norm_type);
+    std::vector<int64_t> others;
+    py::gil_scoped_release no_gil;
+    const double reduced = grad_norm_of_list(grads, hyper, others);
+    return std::make_pair(reduced, others);
+  });
+  m.def("scale_grad_list", [](const std::vector<at::Tensor>& grads, double scale) {
+    std::vector<int64_t> others;
+    py::gil_scoped_release no_gil;
+    scale_grad_list(grads, scale, others);
+    return others;
+  });
+
   m.def("cpu_capability", [] { return std::string(capability_name(active_capability())); });
   m.def("set_cpu_capability", [](const std::string& name) { set_active_capability(capability_from_name(name)); });
   m.def("compiled_cpu_capabilities", [] {

@@ -4,7 +4,7 @@ import torch
 from torch.optim import adadelta as _torch_adadelta
 
 from fusedoptim import _reference
-from fusedoptim.optimizer import FusedOptimizer, _scalar
+from fusedoptim.optimizer import CLIP_OPTIONS_DOC, FusedOptimizer, _scalar
 
 __all__ = ["Adadelta"]
 
@@ -25,6 +25,8 @@ class Adadelta(FusedOptimizer):
         capturable=False,
         maximize=False,
         differentiable=False,
+        max_grad_norm=None,
+        norm_type=2.0,
     ):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -46,6 +48,8 @@ class Adadelta(FusedOptimizer):
             "capturable": capturable,
             "foreach": foreach,
             "differentiable": differentiable,
+            "max_grad_norm": max_grad_norm,
+            "norm_type": norm_type,
         }
         super().__init__(params, defaults)
 
@@ -74,4 +78,4 @@ Adadelta.__doc__ = _torch_adadelta.Adadelta.__doc__ + """
     fusedoptim: the step runs one fused kernel per bucket (param group x dtype) on the CPU.
     ``foreach`` and ``capturable`` are accepted for compatibility and have no effect there;
     ``differentiable=True`` takes torch's own implementation (the reference path).
-"""
+""" + CLIP_OPTIONS_DOC

@@ -4,7 +4,7 @@ import torch
 from torch.optim import adagrad as _torch_adagrad
 
 from fusedoptim import _reference
-from fusedoptim.optimizer import FusedOptimizer, _lr_is_float32, _scalar
+from fusedoptim.optimizer import CLIP_OPTIONS_DOC, FusedOptimizer, _lr_is_float32, _scalar
 
 __all__ = ["Adagrad"]
 
@@ -26,6 +26,8 @@ class Adagrad(FusedOptimizer):
         maximize=False,
         differentiable=False,
         fused=None,
+        max_grad_norm=None,
+        norm_type=2.0,
     ):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -50,6 +52,8 @@ class Adagrad(FusedOptimizer):
             "maximize": maximize,
             "differentiable": differentiable,
             "fused": fused,
+            "max_grad_norm": max_grad_norm,
+            "norm_type": norm_type,
         }
         super().__init__(params, defaults)
         # torch.optim.Adagrad creates the state of every param at construction.
@@ -93,4 +97,4 @@ Adagrad.__doc__ = _torch_adagrad.Adagrad.__doc__ + """
     fusedoptim: the step runs one fused kernel per bucket (param group x dtype) on the CPU.
     ``foreach`` and ``fused`` are accepted for compatibility and have no effect there; sparse
     gradients and ``differentiable=True`` take torch's own implementation (the reference path).
-"""
+""" + CLIP_OPTIONS_DOC

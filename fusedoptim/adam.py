@@ -4,7 +4,7 @@ import torch
 from torch.optim.adam import Adam as _TorchAdam
 
 from fusedoptim import _reference
-from fusedoptim.optimizer import FusedOptimizer, _scalar
+from fusedoptim.optimizer import CLIP_OPTIONS_DOC, FusedOptimizer, _scalar
 
 __all__ = ["Adam"]
 
@@ -33,6 +33,8 @@ class Adam(FusedOptimizer):
         differentiable=False,
         fused=None,
         decoupled_weight_decay=False,
+        max_grad_norm=None,
+        norm_type=2.0,
     ):
         if isinstance(lr, torch.Tensor):
             if foreach and not capturable:
@@ -76,6 +78,8 @@ class Adam(FusedOptimizer):
             "differentiable": differentiable,
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
+            "max_grad_norm": max_grad_norm,
+            "norm_type": norm_type,
         }
         super().__init__(params, defaults)
 
@@ -144,4 +148,4 @@ Adam.__doc__ = _TorchAdam.__doc__ + """
     fusedoptim: the step runs one fused kernel per bucket (param group x dtype) on the CPU.
     ``foreach``, ``fused`` and ``capturable`` are accepted for compatibility and have no effect
     there; ``differentiable=True`` takes the plain-torch reference path.
-"""
+""" + CLIP_OPTIONS_DOC

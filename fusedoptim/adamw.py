@@ -3,6 +3,7 @@
 from torch.optim.adamw import AdamW as _TorchAdamW
 
 from fusedoptim.adam import Adam
+from fusedoptim.optimizer import CLIP_OPTIONS_DOC
 
 __all__ = ["AdamW"]
 
@@ -22,11 +23,14 @@ class AdamW(Adam):
         capturable=False,
         differentiable=False,
         fused=None,
+        max_grad_norm=None,
+        norm_type=2.0,
     ):
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad,
             foreach=foreach, maximize=maximize, capturable=capturable,
             differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
+            max_grad_norm=max_grad_norm, norm_type=norm_type,
         )
 
     def __setstate__(self, state):
@@ -39,4 +43,4 @@ AdamW.__doc__ = _TorchAdamW.__doc__ + """
     fusedoptim: the step runs one fused kernel per bucket (param group x dtype) on the CPU.
     ``foreach``, ``fused`` and ``capturable`` are accepted for compatibility and have no effect
     there; ``differentiable=True`` takes the plain-torch reference path.
-"""
+""" + CLIP_OPTIONS_DOC

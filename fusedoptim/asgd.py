@@ -4,7 +4,7 @@ import torch
 from torch.optim import asgd as _torch_asgd
 
 from fusedoptim import _reference
-from fusedoptim.optimizer import FusedOptimizer, _lr_is_float32, _scalar
+from fusedoptim.optimizer import CLIP_OPTIONS_DOC, FusedOptimizer, _lr_is_float32, _scalar
 
 __all__ = ["ASGD"]
 
@@ -25,6 +25,9 @@ class ASGD(FusedOptimizer):
         maximize=False,
         differentiable=False,
         capturable=False,
+        *,
+        max_grad_norm=None,
+        norm_type=2.0,
     ):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -43,6 +46,8 @@ class ASGD(FusedOptimizer):
             "maximize": maximize,
             "differentiable": differentiable,
             "capturable": capturable,
+            "max_grad_norm": max_grad_norm,
+            "norm_type": norm_type,
         }
         super().__init__(params, defaults)
 
@@ -81,4 +86,4 @@ ASGD.__doc__ = _torch_asgd.ASGD.__doc__ + """
     fusedoptim: the step runs one fused kernel per bucket (param group x dtype) on the CPU.
     ``foreach`` and ``capturable`` are accepted for compatibility and have no effect there;
     ``differentiable=True`` takes torch's own implementation (the reference path).
-"""
+""" + CLIP_OPTIONS_DOC

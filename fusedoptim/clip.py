@@ -5,7 +5,8 @@ NOTE: [Fused grad norms]
 torch computes a norm per grad and then the norm of those norms, each in the grads' dtype;
 here the CPU grads of a supported dtype are reduced in one multi-tensor pass (grouped by
 dtype, each group cut into fixed segments: NOTE: [Deterministic reductions] in
-csrc/include/fusedoptim/cpu/sweep.h) to sum |g|^p (max |g| for inf), in double, and the
+csrc/include/fusedoptim/cpu/sweep.h; no Bucket: NOTE: [Grad lists without buckets] in
+csrc/cpu/grad_norm_cpu.cpp) to sum |g|^p (max |g| for inf), in double, and the
 total's 1/p power is rounded once to the result dtype. That dtype and device are torch's: the
 promotion of the grads' (real) dtypes, on the first grad's device. So the result is torch's
 within its own rounding: identical up to ~1e-16 relative for fp64 grads, within a few fp32
@@ -31,7 +32,7 @@ import warnings
 import torch
 
 from fusedoptim import _extension
-from fusedoptim.optimizer import _fusable_tensor, _real_dtype
+from fusedoptim.optimizer import _real_dtype
 
 __all__ = ["clip_grad_norm_"]
 
@@ -41,8 +42,11 @@ def _has_fused_kernel(norm_type):
     return norm_type > 0 and not math.isnan(norm_type)
 
 
-def _fusable_grad(grad, norm_type):
-    return _fusable_tensor(grad) and (not grad.is_complex() or norm_type == 2.0)
+def _combine_reduced(a, b, norm_type):
+    """Two reduced values (sums of |g|^p, or maxima for inf) as one, NaN kept."""
+    if not math.isinf(norm_type):
+        return a + b
+    return a if math.isnan(a) else b if math.isnan(b) else max(a, b)
 
 
 def _norm_of_reduced(reduced, norm_type):
@@ -57,18 +61,17 @@ def _norm_of_reduced(reduced, norm_type):
 
 
 def _result_dtype(tensors):
-    return functools.reduce(torch.promote_types, (_real_dtype(t.dtype) for t in tensors))
+    return functools.reduce(torch.promote_types, {_real_dtype(t.dtype) for t in tensors})
 
 
-def _combine_norms(fused_norm, other_grads, all_grads, norm_type, foreach):
-    """The total norm tensor (torch's dtype and device) from the fused grads' norm (a Python
-    float) and the grads torch computes itself."""
-    dtype = _result_dtype(all_grads)
-    first_device = all_grads[0].device
+def _combine_norms(fused_norm, other_grads, dtype, device, norm_type, foreach=None):
+    """The total norm tensor, of `dtype` on `device` (torch's: the grads' promoted dtype, the
+    first grad's device), from the fused grads' norm (a Python float) and the grads torch
+    computes itself."""
     if not other_grads:
-        return torch.tensor(fused_norm, dtype=dtype, device=first_device)
+        return torch.tensor(fused_norm, dtype=dtype, device=device)
     other_norm = torch.nn.utils.get_total_norm(other_grads, norm_type, False, foreach)
-    norms = [torch.tensor(fused_norm, dtype=dtype).to(first_device), other_norm.to(first_device, dtype)]
+    norms = [torch.tensor(fused_norm, dtype=dtype).to(device), other_norm.to(device, dtype)]
     return torch.linalg.vector_norm(torch.stack(norms), norm_type)
 
 
@@ -89,13 +92,11 @@ def _total_norm(grads, norm_type, error_if_nonfinite, foreach):
         return torch.tensor(0.0)
     if not _extension.extension_available() or not _has_fused_kernel(norm_type):
         return torch.nn.utils.get_total_norm(grads, norm_type, error_if_nonfinite, foreach)
-    fused, others = [], []
-    for g in grads:
-        (fused if _fusable_grad(g, norm_type) else others).append(g)
-    if not fused:
+    reduced, other_indices = _extension._C.grad_norm_list(grads, norm_type)
+    if len(other_indices) == len(grads):
         return torch.nn.utils.get_total_norm(grads, norm_type, error_if_nonfinite, foreach)
-    reduced = torch.ops.fusedoptim.grad_norm(fused, norm_type).item()
-    total_norm = _combine_norms(_norm_of_reduced(reduced, norm_type), others, grads, norm_type, foreach)
+    total_norm = _combine_norms(_norm_of_reduced(reduced, norm_type), [grads[i] for i in other_indices],
+                                _result_dtype(grads), grads[0].device, norm_type, foreach)
     _check_finite(total_norm, norm_type, error_if_nonfinite)
     return total_norm
 
@@ -109,15 +110,12 @@ def _clip_grads_with_norm(grads, max_norm, total_norm):
     if len(grads) == 0:
         return
     coef = _clip_coefficient(max_norm, total_norm)
-    fused = [g for g in grads if _extension.extension_available() and _fusable_tensor(g) and not g.is_complex()]
-    fused_ids = {id(g) for g in fused}
-    if fused:
+    others = grads
+    if _extension.extension_available():
         value = coef.item() if coef.device.type == "cpu" else coef.to("cpu").item()
-        if value != 1.0:
-            torch.ops.fusedoptim.scale_grads_(fused, value)
-    for g in grads:
-        if id(g) not in fused_ids:
-            g.mul_(coef.to(g.device))
+        others = [] if value == 1.0 else [grads[i] for i in _extension._C.scale_grad_list(grads, value)]
+    for g in others:
+        g.mul_(coef.to(g.device))
 
 
 @torch.no_grad()

@@ -61,6 +61,8 @@ class LAMB(FusedOptimizer):
 
     _sparse_grad_error = "LAMB does not support sparse gradients"
     _has_step = True
+    # Its max_grad_norm is Apex's (a 2-norm divisor, in the rule), not the base class's.
+    _clips_grads = False
     _group_defaults = {"maximize": False, "differentiable": False}
 
     def __init__(

@@ -34,6 +34,9 @@ class Lion(FusedOptimizer):
         maximize (bool, optional): maximize the objective instead of minimizing (default: False)
         differentiable (bool, optional): run the step in plain torch ops under autograd
             (the reference path) (default: False)
+        max_grad_norm (float, optional): clip the norm of all the optimizer's grads to this
+            before the update, as torch.nn.utils.clip_grad_norm_ would (default: None)
+        norm_type (float, optional): the norm max_grad_norm bounds (default: 2.0)
 
     State per param: ``exp_avg`` (the running average :math:`m`), zeros at first.
     """
@@ -41,7 +44,8 @@ class Lion(FusedOptimizer):
     _sparse_grad_error = "Lion does not support sparse gradients"
     _group_defaults = {"maximize": False, "differentiable": False}
 
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False, differentiable=False):
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False, differentiable=False,
+                 max_grad_norm=None, norm_type=2.0):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if not 0.0 <= lr:
@@ -54,7 +58,7 @@ class Lion(FusedOptimizer):
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         defaults = {
             "lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize,
-            "differentiable": differentiable,
+            "differentiable": differentiable, "max_grad_norm": max_grad_norm, "norm_type": norm_type,
         }
         super().__init__(params, defaults)
 

@@ -4,7 +4,7 @@ import torch
 from torch.optim import nadam as _torch_nadam
 
 from fusedoptim import _reference
-from fusedoptim.optimizer import FusedOptimizer, _lr_is_float32, _scalar
+from fusedoptim.optimizer import CLIP_OPTIONS_DOC, FusedOptimizer, _lr_is_float32, _scalar
 
 __all__ = ["NAdam"]
 
@@ -31,6 +31,8 @@ class NAdam(FusedOptimizer):
         maximize=False,
         capturable=False,
         differentiable=False,
+        max_grad_norm=None,
+        norm_type=2.0,
     ):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -58,6 +60,8 @@ class NAdam(FusedOptimizer):
             "foreach": foreach,
             "capturable": capturable,
             "differentiable": differentiable,
+            "max_grad_norm": max_grad_norm,
+            "norm_type": norm_type,
         }
         super().__init__(params, defaults)
 
@@ -94,4 +98,4 @@ NAdam.__doc__ = _torch_nadam.NAdam.__doc__ + """
     fusedoptim: the step runs one fused kernel per bucket (param group x dtype) on the CPU.
     ``foreach`` and ``capturable`` are accepted for compatibility and have no effect there;
     ``differentiable=True`` takes torch's own implementation (the reference path).
-"""
+""" + CLIP_OPTIONS_DOC

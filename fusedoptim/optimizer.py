@@ -24,12 +24,29 @@ NOTE: [DTensor params] in _dtensor.py) and whole groups with differentiable=True
 state tensors. It is correct, just not fused; device, layout and DTensor cases warn once
 (ReferencePathWarning).
 
+NOTE: [max_grad_norm]
+Every fused optimizer but LAMB (whose max_grad_norm is Apex's) takes `max_grad_norm` and
+`norm_type`: a step is then `torch.nn.utils.clip_grad_norm_(all params, max_grad_norm,
+norm_type)` followed by the step, except that the grads are not modified. The norm is over
+every grad of every group, computed once per step and norm type by the fused reduction of
+fusedoptim.clip_grad_norm_ (bucket by bucket, then torch's norms for the reference path's
+grads); its dtype is the grads' promoted dtype, and the coefficient torch's expression
+`clamp(max_grad_norm / (norm + 1e-6), max=1)` in it. The kernels multiply each grad by the
+coefficient as they load it (BucketTable::grad_scale), so clipping costs one extra read of
+the grads, not a scaling pass; reference-path params step on scaled copies of their grads.
+For fp32/fp64 params that is torch's clip + step to the bit given the same coefficient; for
+bf16/fp16 the scaled grad is not rounded to 16 bits before the update as torch's in-place
+clip rounds it. A coefficient of 1 (norm below the max) leaves the step bit-identical to an
+unclipped one. Groups with differentiable=True and DTensor params refuse the option.
+
 NOTE: [Failed steps change nothing]
 A step first validates every grad (the compiled prepare() for buckets, `_check_step` for the
 rest) and only then commits a new plan's state views and runs kernels. A new plan
 builds its buffers without touching `self.state`, so an error leaves params and state as they were.
 """
 
+import contextlib
+import math
 import warnings
 
 import torch
@@ -39,6 +56,16 @@ from fusedoptim import _dtensor, _extension
 from fusedoptim._state import StateMap, copy_loaded_tensors
 
 __all__ = ["FusedOptimizer", "ReferencePathWarning"]
+
+# Appended to the docstrings of the optimizers that take these options (NOTE: [max_grad_norm]).
+CLIP_OPTIONS_DOC = """
+    fusedoptim's options, keyword-only:
+        max_grad_norm (float, optional): clip the norm of all the optimizer's grads (every
+            group) to this before the update: the step is torch.nn.utils.clip_grad_norm_
+            followed by step(), with the clip folded into the update kernel (the grads
+            themselves are left unmodified). None: no clipping (default: None)
+        norm_type (float or 'inf', optional): the p-norm max_grad_norm bounds (default: 2.0)
+"""
 
 # Element offsets of params inside a flat state buffer are multiples of this, so every
 # param's state starts on a 64-byte boundary (and complex views stay aligned).
@@ -125,6 +152,7 @@ class _Bucket:
             self.kernel_params = kernel_params = [_dtensor.local_alias(p) for p in params]
         else:
             self.kernel_params = kernel_params = params
+        self.has_complex = any(p.is_complex() for p in params)
         self.state_names = state_names = optimizer._state_names(group)
         self.scalar_names = scalar_names = optimizer._scalar_names(group)
         step_dtype = optimizer._step_dtype(group)
@@ -289,6 +317,23 @@ class _Plan:
         self.state_version = state.version
 
 
+@contextlib.contextmanager
+def _scaled_grads(params, coef):
+    """Within the block, each param's grad is its grad times `coef` (as torch's clip_grad_norm_
+    multiplies it); the param's own grad is put back after."""
+    if coef is None:
+        yield
+        return
+    grads = [p.grad for p in params]
+    try:
+        for p, grad in zip(params, grads):
+            p.grad = grad.mul(coef.to(grad.device))
+        yield
+    finally:
+        for p, grad in zip(params, grads):
+            p.grad = grad
+
+
 class FusedOptimizer(Optimizer):
     """A torch.optim.Optimizer whose step() runs fused kernels over buckets.
 
@@ -300,6 +345,9 @@ class FusedOptimizer(Optimizer):
     _has_step = False
     # Options torch.optim's __setstate__ restores for optimizers pickled before they existed.
     _group_defaults = {}
+    # Whether the optimizer takes max_grad_norm and norm_type (NOTE: [max_grad_norm]).
+    _clips_grads = True
+    _clip_defaults = {"max_grad_norm": None, "norm_type": 2.0}
 
     def __init__(self, params, defaults):
         super().__init__(params, defaults)
@@ -384,13 +432,52 @@ class FusedOptimizer(Optimizer):
         if self._sparse_grad_error is not None and any(p.grad.is_sparse for p in reference_params):
             raise RuntimeError(self._sparse_grad_error)
 
+    def _check_group_options(self, group):
+        """Raise, naming the option, for a group whose options this optimizer can't honour."""
+        if not self._clips_grads:
+            return
+        max_norm, norm_type = group["max_grad_norm"], group["norm_type"]
+        try:
+            norm_value = float(norm_type)
+        except (TypeError, ValueError):
+            norm_value = math.nan
+        if not norm_value > 0:
+            raise ValueError(f"Invalid norm_type value: {norm_type}")
+        if max_norm is None:
+            return
+        if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm > 0:
+            raise ValueError(f"Invalid max_grad_norm value: {max_norm}")
+        if group.get("differentiable"):
+            raise ValueError("max_grad_norm is not supported with differentiable=True")
+
+    def _check_clip_params(self):
+        """The global norm of max_grad_norm covers every group: none may hold DTensors."""
+        if not self._clips_grads or all(group["max_grad_norm"] is None for group in self.param_groups):
+            return
+        if any(_dtensor.is_dtensor(p) for group in self.param_groups for p in group["params"]):
+            raise ValueError(
+                "max_grad_norm is not supported with DTensor params yet: use torch.nn.utils.clip_grad_norm_")
+
     # ---- torch.optim interface ------------------------------------------------------
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
+        try:
+            self._check_group_options(self.param_groups[-1])
+            self._check_clip_params()
+        except ValueError:
+            self.param_groups.pop()
+            raise
         self._plan = None
 
     def load_state_dict(self, state_dict):
+        # A torch.optim state_dict has no clip options: the groups keep this optimizer's
+        # (torch's __setstate__ would reset them to None and 2.0).
+        absent = [[key for key in self._clip_defaults if key not in saved] if self._clips_grads else []
+                  for saved in state_dict["param_groups"]]
         super().load_state_dict(state_dict)
+        for group, keys in zip(self.param_groups, absent):
+            for key in keys:
+                group[key] = self.defaults[key]
         # Pack the loaded state into flat buffers now: the optimizer then never aliases the
         # loaded dict's tensors, and the next step finds its plan ready.
         self._plan = None
@@ -419,6 +506,9 @@ class FusedOptimizer(Optimizer):
         for group in self.param_groups:
             for key, value in self._group_defaults.items():
                 group.setdefault(key, value)
+            if self._clips_grads:
+                for key, value in self._clip_defaults.items():
+                    group.setdefault(key, value)
             on_device = bool(group.get("capturable") or group.get("fused"))
             for p in group["params"]:
                 p_state = self.state.get(p)
@@ -546,6 +636,48 @@ class FusedOptimizer(Optimizer):
         if grads:
             torch._foreach_div_(grads, grad_scale.reshape(()).to(grads[0].device))
 
+    def _clip_coefficients(self, plan):
+        """Per group of the plan, its clip coefficient (a 0-dim tensor) or None (NOTE:
+        [max_grad_norm]); None if no group clips."""
+        if not self._clips_grads or all(group["max_grad_norm"] is None for group, _, _ in plan.groups):
+            return None
+        norms = {}
+        coefs = []
+        for group, _, _ in plan.groups:
+            if group["max_grad_norm"] is None:
+                coefs.append(None)
+                continue
+            norm_type = float(group["norm_type"])
+            if norm_type not in norms:
+                norms[norm_type] = self._global_grad_norm(plan, norm_type)
+            total = norms[norm_type]
+            coefs.append(None if total is None else torch.clamp(float(group["max_grad_norm"]) / (total + 1e-6), max=1.0))
+        return coefs
+
+    def _global_grad_norm(self, plan, norm_type):
+        """The norm of every grad of the plan as torch.nn.utils.get_total_norm gives it (its
+        dtype; on the CPU unless only other devices' grads have one), None without grads."""
+        from fusedoptim.clip import _combine_norms, _combine_reduced, _norm_of_reduced
+
+        reduced, dtype, others = None, None, []
+        for _, buckets, reference in plan.groups:
+            for bucket in buckets:
+                if not bucket.compiled.num_entries:
+                    continue
+                if bucket.has_complex and norm_type != 2.0:
+                    others += [p.grad for p in bucket.params if p.grad is not None]
+                    continue
+                value = bucket.compiled.grad_norm(norm_type)
+                reduced = value if reduced is None else _combine_reduced(reduced, value, norm_type)
+                real = _real_dtype(bucket.params[0].dtype)
+                dtype = real if dtype is None else torch.promote_types(dtype, real)
+            others += [p.grad for p in reference if p.grad is not None]
+        if reduced is None:
+            return torch.nn.utils.get_total_norm(others, norm_type) if others else None
+        for grad in others:
+            dtype = torch.promote_types(dtype, _real_dtype(grad.dtype))
+        return _combine_norms(_norm_of_reduced(reduced, norm_type), others, dtype, torch.device("cpu"), norm_type)
+
     # NOTE: [Steps under torch.compile]
     # Inside a torch.compile'd training step, dynamo would trace into step() up to the first
     # call into the extension and compile the Python around it, specializing on every
@@ -577,15 +709,20 @@ class FusedOptimizer(Optimizer):
         plan = self._ready_plan()
         fused = reference = 0
         try:
-            for group, buckets, reference_params in plan.groups:
+            coefs = self._clip_coefficients(plan)
+            for g, (group, buckets, reference_params) in enumerate(plan.groups):
+                coef = coefs[g] if coefs else None
                 for bucket in buckets:
                     if bucket.compiled.num_entries:
+                        if coef is not None:
+                            bucket.compiled.set_grad_scale(coef.item() if coef.device.type == "cpu" else coef.cpu().item())
                         self._fused_step(group, bucket.compiled)
                         fused += bucket.compiled.num_entries
                 with_grad = [p for p in reference_params if p.grad is not None]
                 if with_grad:
                     version = self.state.version
-                    self._reference_step(group, with_grad)
+                    with _scaled_grads(with_grad, coef):
+                        self._reference_step(group, with_grad)
                     if plan.state_version == version:
                         plan.state_version = self.state.version  # the reference path's own state
                     reference += len(with_grad)

@@ -4,7 +4,7 @@ import torch
 from torch.optim.sgd import SGD as _TorchSGD
 
 from fusedoptim import _reference
-from fusedoptim.optimizer import FusedOptimizer, _scalar
+from fusedoptim.optimizer import CLIP_OPTIONS_DOC, FusedOptimizer, _scalar
 
 __all__ = ["SGD"]
 
@@ -23,6 +23,8 @@ class SGD(FusedOptimizer):
         foreach=None,
         differentiable=False,
         fused=None,
+        max_grad_norm=None,
+        norm_type=2.0,
     ):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -43,6 +45,8 @@ class SGD(FusedOptimizer):
             "foreach": foreach,
             "differentiable": differentiable,
             "fused": fused,
+            "max_grad_norm": max_grad_norm,
+            "norm_type": norm_type,
         }
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
@@ -82,4 +86,4 @@ SGD.__doc__ = _TorchSGD.__doc__ + """
     fusedoptim: the step runs one fused kernel per bucket (param group x dtype) on the CPU.
     ``foreach`` and ``fused`` are accepted for compatibility and have no effect there;
     sparse gradients and ``differentiable=True`` take the plain-torch reference path.
-"""
+""" + CLIP_OPTIONS_DOC

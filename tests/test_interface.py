@@ -14,7 +14,7 @@ from torch.optim.optimizer import (
 )
 
 import fusedoptim
-from optim_configs import OPTIM_NAMES, OptimConfig, TensorHP
+from optim_configs import FUSEDOPTIM_OPTIONS, OPTIM_NAMES, OptimConfig, TensorHP
 from helpers import (
     NUM_STEPS,
     accepts,
@@ -69,7 +69,11 @@ def test_classes_subclass_torch_optimizer(optim):
 def test_constructor_signature_matches_torch(optim):
     st = inspect.signature(torch_cls(optim).__init__).parameters
     sf = inspect.signature(fused_cls(optim).__init__).parameters
-    assert list(sf) == list(st)
+    # torch's, then fusedoptim's own keyword-only options (LAMB has its max_grad_norm already).
+    own = [] if optim == "LAMB" else list(FUSEDOPTIM_OPTIONS)
+    assert list(sf) == list(st) + own
+    assert [(sf[n].kind, sf[n].default) for n in own] == [(inspect.Parameter.KEYWORD_ONLY, None),
+                                                          (inspect.Parameter.KEYWORD_ONLY, 2.0)][:len(own)]
     for name in st:
         assert sf[name].kind == st[name].kind, name
         assert sf[name].default == st[name].default, (name, sf[name].default, st[name].default)
@@ -80,10 +84,11 @@ def test_defaults_and_groups_match_torch(optim):
     values, _ = _values()
     o_t = torch_cls(optim)(as_params(values))
     o_f = fused_cls(optim)(as_params(values))
-    assert o_f.defaults == o_t.defaults
-    assert list(o_f.defaults) == list(o_t.defaults)  # same key order, as printed by repr
+    own = {} if optim == "LAMB" else {"max_grad_norm": None, "norm_type": 2.0}  # fusedoptim's, last
+    assert o_f.defaults == {**o_t.defaults, **own}
+    assert list(o_f.defaults) == list(o_t.defaults) + list(own)  # same key order, as printed by repr
     assert_param_groups_match(o_f.param_groups, o_t.param_groups)
-    assert [type(v) for v in o_f.defaults.values()] == [type(v) for v in o_t.defaults.values()]
+    assert [type(v) for v in o_f.defaults.values()] == [type(v) for v in {**o_t.defaults, **own}.values()]
     if optim == "AdamW":
         assert o_f.defaults["weight_decay"] == 1e-2
     # before any step: the same state as torch (empty, except Adagrad's, made at construction)

@@ -31,6 +31,11 @@ double combine_grad_norms(const math::GradNormHyper& hyper, double a, double b);
 double grad_norm(Bucket& bucket, const math::GradNormHyper& hyper);
 // Multiplies every grad of the bucket by scale, in the grads' math type (clip_grad_norm_).
 void scale_grads(Bucket& bucket, double scale);
+// The same over a list of tensors without a Bucket (NOTE: [Grad lists without buckets]);
+// the indices of the tensors the kernels can't take are appended to `others`.
+double grad_norm_of_list(const std::vector<at::Tensor>& grads, const math::GradNormHyper& hyper,
+                         std::vector<int64_t>& others);
+void scale_grad_list(const std::vector<at::Tensor>& grads, double scale, std::vector<int64_t>& others);
 void lamb_step(Bucket& bucket, const math::LambHyper& hyper, double lr, bool bias_correction, bool always_adapt);
 
 }  // namespace cpu

@@ -18,6 +18,12 @@ DType storage_dtype(at::ScalarType type) {
   }
 }
 
+// The (param, state) storage pairs the kernels have (NOTE: [State dtypes] in cpu/sweep.h).
+bool state_storage_supported(DType param, DType state) {
+  return param == state || (param == DType::kFloat32 && state == DType::kBFloat16) ||
+         ((param == DType::kBFloat16 || param == DType::kFloat16) && state == DType::kFloat32);
+}
+
 }  // namespace
 
 Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
@@ -31,6 +37,21 @@ Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
   TORCH_CHECK(static_cast<int>(states_.size()) <= kMaxSlots - kFirstStateSlot, "fusedoptim: too many states");
   has_slots_ = !states_.empty() || !scalars_.empty();
   dtype_ = storage_dtype(params_[0].scalar_type());
+  // The states' dtype: the params' unless the states given have another (state_dtype).
+  at::ScalarType state_type = params_[0].scalar_type();
+  for (const auto& per_state : states_) {
+    for (const at::Tensor& state : per_state) {
+      if (state.defined()) {
+        state_type = state.scalar_type();
+        break;
+      }
+    }
+    if (state_type != params_[0].scalar_type()) break;
+  }
+  state_dtype_ = storage_dtype(state_type);
+  TORCH_CHECK(state_storage_supported(dtype_, state_dtype_) &&
+                  c10::isComplexType(state_type) == c10::isComplexType(params_[0].scalar_type()),
+              "fusedoptim: no fused kernel for ", params_[0].scalar_type(), " params with ", state_type, " states");
   state_ptrs_.assign(n, {});
   scalar_ptrs_.assign(scalars_.size(), std::vector<void*>(n, nullptr));
   scalar_is_double_.assign(scalars_.size(), std::vector<uint8_t>(n, 0));
@@ -48,9 +69,11 @@ Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
         has_state_[i] = 0;
         continue;
       }
-      TORCH_CHECK(state.is_cpu() && state.is_contiguous() && state.scalar_type() == p.scalar_type() &&
-                      state.numel() == p.numel(),
-                  "fusedoptim: the state of ", names_[i], " must be a contiguous CPU tensor like the param");
+      const bool same_kind = state_dtype_ == dtype_ ? state.scalar_type() == p.scalar_type()
+                                                    : state.scalar_type() == state_type && !p.is_complex();
+      TORCH_CHECK(state.is_cpu() && state.is_contiguous() && same_kind && state.numel() == p.numel(),
+                  "fusedoptim: the state of ", names_[i], " must be a contiguous CPU tensor like the param",
+                  state_dtype_ == dtype_ ? "" : " (of the optimizer's state_dtype)");
       state_ptrs_[i][s] = state.data_ptr();
     }
     for (size_t k = 0; k < scalars_.size(); ++k) {
@@ -182,7 +205,7 @@ Bucket::Status Bucket::prepare() {
 
 BucketTable Bucket::table() const {
   return BucketTable{entries_.data(), prefix_.data(), static_cast<int64_t>(entries_.size()), prefix_.back(), dtype_,
-                     grad_scale_};
+                     grad_scale_, state_dtype_};
 }
 
 const std::vector<double>& Bucket::advance_steps() {

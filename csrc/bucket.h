@@ -18,7 +18,8 @@ class Bucket {
   // params: every param of the bucket, with or without state. names: how errors name them
   // ("param_groups[0]['params'][3]"). states[s][i]: the tensor holding state s of param i, in
   // the algorithm's slot order, undefined where the param has no state yet; they are the
-  // tensors in optimizer.state[p] (views of flat buffers when the plan allocated them).
+  // tensors in optimizer.state[p] (views of flat buffers when the plan allocated them); they
+  // all have the params' dtype, or all one other dtype the kernels pair with it (state_dtype).
   // scalars[k][i]: param i's 0-dim scalar state k (float32 or float64), if the algorithm keeps
   // any; scalars[0] is the step counter (ASGD adds eta and mu, NAdam mu_product).
   // first_step[i]: 1 while param i's state holds no values yet (SGD's momentum buffer
@@ -81,6 +82,7 @@ class Bucket {
   std::vector<int64_t> param_numels_;
   std::vector<int64_t> storage_numels_;  // in storage elements: complex params count twice
   DType dtype_;
+  DType state_dtype_;  // of the elementwise states: dtype_ unless the optimizer's state_dtype
 
   // What prepare() learns about one param, in parallel (see NOTE: [Prefetching the grads]).
   enum class Probe : uint8_t { kNoGrad, kReady, kStridedGrad, kNeedsRebuild, kBadGrad };

@@ -4,7 +4,7 @@ import torch
 from torch.optim.adam import Adam as _TorchAdam
 
 from fusedoptim import _reference
-from fusedoptim.optimizer import CLIP_OPTIONS_DOC, FusedOptimizer, _scalar
+from fusedoptim.optimizer import OPTIONS_DOC, FusedOptimizer, _scalar
 
 __all__ = ["Adam"]
 
@@ -35,6 +35,7 @@ class Adam(FusedOptimizer):
         decoupled_weight_decay=False,
         max_grad_norm=None,
         norm_type=2.0,
+        state_dtype=None,
     ):
         if isinstance(lr, torch.Tensor):
             if foreach and not capturable:
@@ -80,6 +81,7 @@ class Adam(FusedOptimizer):
             "decoupled_weight_decay": decoupled_weight_decay,
             "max_grad_norm": max_grad_norm,
             "norm_type": norm_type,
+            "state_dtype": state_dtype,
         }
         super().__init__(params, defaults)
 
@@ -148,4 +150,4 @@ Adam.__doc__ = _TorchAdam.__doc__ + """
     fusedoptim: the step runs one fused kernel per bucket (param group x dtype) on the CPU.
     ``foreach``, ``fused`` and ``capturable`` are accepted for compatibility and have no effect
     there; ``differentiable=True`` takes the plain-torch reference path.
-""" + CLIP_OPTIONS_DOC
+""" + OPTIONS_DOC

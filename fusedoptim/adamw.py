@@ -3,7 +3,7 @@
 from torch.optim.adamw import AdamW as _TorchAdamW
 
 from fusedoptim.adam import Adam
-from fusedoptim.optimizer import CLIP_OPTIONS_DOC
+from fusedoptim.optimizer import OPTIONS_DOC
 
 __all__ = ["AdamW"]
 
@@ -25,12 +25,13 @@ class AdamW(Adam):
         fused=None,
         max_grad_norm=None,
         norm_type=2.0,
+        state_dtype=None,
     ):
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad,
             foreach=foreach, maximize=maximize, capturable=capturable,
             differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
-            max_grad_norm=max_grad_norm, norm_type=norm_type,
+            max_grad_norm=max_grad_norm, norm_type=norm_type, state_dtype=state_dtype,
         )
 
     def __setstate__(self, state):
@@ -43,4 +44,4 @@ AdamW.__doc__ = _TorchAdamW.__doc__ + """
     fusedoptim: the step runs one fused kernel per bucket (param group x dtype) on the CPU.
     ``foreach``, ``fused`` and ``capturable`` are accepted for compatibility and have no effect
     there; ``differentiable=True`` takes the plain-torch reference path.
-""" + CLIP_OPTIONS_DOC
+""" + OPTIONS_DOC

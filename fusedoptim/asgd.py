@@ -4,7 +4,7 @@ import torch
 from torch.optim import asgd as _torch_asgd
 
 from fusedoptim import _reference
-from fusedoptim.optimizer import CLIP_OPTIONS_DOC, FusedOptimizer, _lr_is_float32, _scalar
+from fusedoptim.optimizer import OPTIONS_DOC, FusedOptimizer, _lr_is_float32, _scalar
 
 __all__ = ["ASGD"]
 
@@ -28,6 +28,7 @@ class ASGD(FusedOptimizer):
         *,
         max_grad_norm=None,
         norm_type=2.0,
+        state_dtype=None,
     ):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -48,6 +49,7 @@ class ASGD(FusedOptimizer):
             "capturable": capturable,
             "max_grad_norm": max_grad_norm,
             "norm_type": norm_type,
+            "state_dtype": state_dtype,
         }
         super().__init__(params, defaults)
 
@@ -86,4 +88,4 @@ ASGD.__doc__ = _torch_asgd.ASGD.__doc__ + """
     fusedoptim: the step runs one fused kernel per bucket (param group x dtype) on the CPU.
     ``foreach`` and ``capturable`` are accepted for compatibility and have no effect there;
     ``differentiable=True`` takes torch's own implementation (the reference path).
-""" + CLIP_OPTIONS_DOC
+""" + OPTIONS_DOC

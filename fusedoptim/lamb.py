@@ -55,6 +55,8 @@ class LAMB(FusedOptimizer):
         maximize (bool, optional): maximize the objective instead of minimizing (default: False)
         differentiable (bool, optional): run the step in plain torch ops (the reference path)
             (default: False)
+        state_dtype (torch.dtype, optional): store exp_avg and exp_avg_sq in this dtype
+            (see fusedoptim.Adam's ``state_dtype``) (default: None, the params' dtype)
 
     State per param: ``step``, ``exp_avg``, ``exp_avg_sq``, as torch.optim.Adam names them.
     """
@@ -80,6 +82,7 @@ class LAMB(FusedOptimizer):
         always_adapt=False,
         maximize=False,
         differentiable=False,
+        state_dtype=None,
     ):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -107,6 +110,7 @@ class LAMB(FusedOptimizer):
             "always_adapt": always_adapt,
             "maximize": maximize,
             "differentiable": differentiable,
+            "state_dtype": state_dtype,
         }
         super().__init__(params, defaults)
 

@@ -39,6 +39,20 @@ bf16/fp16 the scaled grad is not rounded to 16 bits before the update as torch's
 clip rounds it. A coefficient of 1 (norm below the max) leaves the step bit-identical to an
 unclipped one. Groups with differentiable=True and DTensor params refuse the option.
 
+NOTE: [State dtypes]
+`state_dtype` (every fused optimizer): the elementwise states of a group's params are stored
+in that dtype while the params keep theirs; the kernels load them into the params' math type
+(fp32 for 16-bit params), update and round them back once per step. The kernels exist for
+fp32 params with bf16 states (half the state memory) and for bf16/fp16 params with fp32
+states (csrc/include/fusedoptim/cpu/sweep.h has why only these); any other pair raises a
+ValueError naming the option when the plan is built, before anything is modified: fp64
+params (an fp64 model wants fp64 moments), fp16 states (their range loses Adam's second
+moment), complex params, params on the reference path (it keeps torch's states), and
+differentiable=True or DTensor params (at construction). A state_dtype equal to the params'
+dtype changes nothing. 0-dim states (step, ...) keep torch's dtypes. `state_dict()` holds the
+states in state_dtype; torch.optim loads them (it casts states to the param dtype), and
+loading any state_dict casts them back into state_dtype buffers.
+
 NOTE: [Failed steps change nothing]
 A step first validates every grad (the compiled prepare() for buckets, `_check_step` for the
 rest) and only then commits a new plan's state views and runs kernels. A new plan
@@ -58,13 +72,16 @@ from fusedoptim._state import StateMap, copy_loaded_tensors
 __all__ = ["FusedOptimizer", "ReferencePathWarning"]
 
 # Appended to the docstrings of the optimizers that take these options (NOTE: [max_grad_norm]).
-CLIP_OPTIONS_DOC = """
+OPTIONS_DOC = """
     fusedoptim's options, keyword-only:
         max_grad_norm (float, optional): clip the norm of all the optimizer's grads (every
             group) to this before the update: the step is torch.nn.utils.clip_grad_norm_
             followed by step(), with the clip folded into the update kernel (the grads
             themselves are left unmodified). None: no clipping (default: None)
         norm_type (float or 'inf', optional): the p-norm max_grad_norm bounds (default: 2.0)
+        state_dtype (torch.dtype, optional): store the elementwise states (exp_avg, ...) in
+            this dtype while the params keep theirs; the math stays in fp32 (NOTE: [State
+            dtypes] in fusedoptim/optimizer.py). None: the params' dtype (default: None)
 """
 
 # Element offsets of params inside a flat state buffer are multiples of this, so every
@@ -116,12 +133,37 @@ def _tensor_kind(tensor):
     return kind if _dtensor.has_own_memory(tensor) else f"{kind} {type(tensor).__name__} without memory of its own"
 
 
-def _reusable_state(value, param):
-    """Whether an existing state tensor can be swept in place (it stays the live tensor)."""
+def _reusable_state(value, param, dtype):
+    """Whether an existing state tensor can be swept in place (it stays the live tensor):
+    a contiguous CPU tensor of the param's shape and the state dtype `dtype`."""
     return (
         isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.layout == torch.strided
-        and value.dtype == param.dtype and value.shape == param.shape and value.is_contiguous()
+        and value.dtype == dtype and value.shape == param.shape and value.is_contiguous()
     )
+
+
+# The state dtypes the kernels pair with each param dtype (NOTE: [State dtypes]).
+_STATE_DTYPE_PAIRS = {torch.float32: (torch.bfloat16,), torch.bfloat16: (torch.float32,), torch.float16: (torch.float32,)}
+_STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _state_dtype_for(group, param):
+    """The dtype of `param`'s elementwise states in `group`; ValueError if the kernels have
+    no such pair (NOTE: [State dtypes])."""
+    wanted = group.get("state_dtype")
+    if wanted is None or wanted == param.dtype:
+        return param.dtype
+    if param.is_complex() or wanted not in _STATE_DTYPE_PAIRS.get(param.dtype, ()):
+        raise ValueError(
+            f"state_dtype={wanted} is not supported for {param.dtype} params: the fused kernels store "
+            "bfloat16 states for float32 params and float32 states for bfloat16 and float16 params")
+    return wanted
+
+
+def _uses_state_dtype(group, param):
+    """Whether `group`'s state_dtype differs from what `param`'s states would be anyway."""
+    wanted = group.get("state_dtype")
+    return wanted is not None and wanted != param.dtype
 
 
 def _reusable_scalar(value):
@@ -153,6 +195,7 @@ class _Bucket:
         else:
             self.kernel_params = kernel_params = params
         self.has_complex = any(p.is_complex() for p in params)
+        state_dtype = _state_dtype_for(group, kernel_params[0])  # the same for the whole bucket
         self.state_names = state_names = optimizer._state_names(group)
         self.scalar_names = scalar_names = optimizer._scalar_names(group)
         step_dtype = optimizer._step_dtype(group)
@@ -173,7 +216,7 @@ class _Bucket:
                     raise KeyError(name)
                 value = st.get(name)
                 local = value._local_tensor if _dtensor.is_dtensor(value) else value
-                if not copy_existing and _reusable_state(local, kernel_params[i]):
+                if not copy_existing and _reusable_state(local, kernel_params[i], state_dtype):
                     self.states[name][i] = local
                     self.state_values[name][i] = value
                 else:
@@ -184,7 +227,7 @@ class _Bucket:
                     self.scalars[name][i] = value
                 else:
                     needs_scalar[name].append(i)
-        dtype = _real_dtype(params[0].dtype)
+        dtype = _real_dtype(state_dtype)
         for name, indices in needs_storage.items():
             offsets, total = [], 0
             for i in indices:
@@ -262,6 +305,11 @@ class _Plan:
         for g, group in enumerate(optimizer.param_groups):
             params = group["params"]
             fused, reference = optimizer._split_group(g, group)
+            for i in reference:
+                if _uses_state_dtype(group, params[i]):
+                    raise ValueError(
+                        f"state_dtype is not supported for param_groups[{g}]['params'][{i}]: it takes the "
+                        f"plain-torch reference path ({_tensor_kind(params[i])}), which keeps torch's states")
             by_kind = {}
             for i in fused:
                 kind = (_real_dtype(params[i].dtype), _dtensor.reduction_key(params[i]))
@@ -347,7 +395,11 @@ class FusedOptimizer(Optimizer):
     _group_defaults = {}
     # Whether the optimizer takes max_grad_norm and norm_type (NOTE: [max_grad_norm]).
     _clips_grads = True
-    _clip_defaults = {"max_grad_norm": None, "norm_type": 2.0}
+
+    def _own_defaults(self):
+        """fusedoptim's own group options and their defaults (torch.optim has none of them)."""
+        clip = {"max_grad_norm": None, "norm_type": 2.0} if self._clips_grads else {}
+        return {**clip, "state_dtype": None}
 
     def __init__(self, params, defaults):
         super().__init__(params, defaults)
@@ -392,7 +444,7 @@ class FusedOptimizer(Optimizer):
         """Options whose change needs a new plan (they change states or routing)."""
         return (
             tuple(self._state_names(group)), tuple(self._scalar_names(group)), self._reference_group(group),
-            self._step_dtype(group),
+            self._step_dtype(group), group.get("state_dtype"),
         )
 
     # Algorithms whose fused host code does not replay torch's arithmetic in the dtype of Tensor
@@ -434,6 +486,14 @@ class FusedOptimizer(Optimizer):
 
     def _check_group_options(self, group):
         """Raise, naming the option, for a group whose options this optimizer can't honour."""
+        state_dtype = group["state_dtype"]
+        if state_dtype is not None:
+            if state_dtype not in _STATE_DTYPES:
+                raise ValueError(f"Invalid state_dtype value: {state_dtype}")
+            if group.get("differentiable"):
+                raise ValueError("state_dtype is not supported with differentiable=True")
+            if any(_dtensor.is_dtensor(p) for p in group["params"]):
+                raise ValueError("state_dtype is not supported with DTensor params yet")
         if not self._clips_grads:
             return
         max_norm, norm_type = group["max_grad_norm"], group["norm_type"]
@@ -472,8 +532,7 @@ class FusedOptimizer(Optimizer):
     def load_state_dict(self, state_dict):
         # A torch.optim state_dict has no clip options: the groups keep this optimizer's
         # (torch's __setstate__ would reset them to None and 2.0).
-        absent = [[key for key in self._clip_defaults if key not in saved] if self._clips_grads else []
-                  for saved in state_dict["param_groups"]]
+        absent = [[key for key in self._own_defaults() if key not in saved] for saved in state_dict["param_groups"]]
         super().load_state_dict(state_dict)
         for group, keys in zip(self.param_groups, absent):
             for key in keys:
@@ -484,8 +543,8 @@ class FusedOptimizer(Optimizer):
         packed = set()
         try:
             plan = _Plan(self, after_load=True) if _extension.extension_available() else None
-        except KeyError:
-            plan = None  # the loaded state lacks a buffer the groups need: the step raises
+        except (KeyError, ValueError):
+            plan = None  # the loaded state lacks a buffer the groups need, or a state_dtype: the step raises
         if plan is not None:
             plan.commit(self.state)
             self._plan = plan
@@ -506,9 +565,8 @@ class FusedOptimizer(Optimizer):
         for group in self.param_groups:
             for key, value in self._group_defaults.items():
                 group.setdefault(key, value)
-            if self._clips_grads:
-                for key, value in self._clip_defaults.items():
-                    group.setdefault(key, value)
+            for key, value in self._own_defaults().items():
+                group.setdefault(key, value)
             on_device = bool(group.get("capturable") or group.get("fused"))
             for p in group["params"]:
                 p_state = self.state.get(p)

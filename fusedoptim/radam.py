@@ -4,7 +4,7 @@ import torch
 from torch.optim import radam as _torch_radam
 
 from fusedoptim import _reference
-from fusedoptim.optimizer import CLIP_OPTIONS_DOC, FusedOptimizer, _scalar
+from fusedoptim.optimizer import OPTIONS_DOC, FusedOptimizer, _scalar
 
 __all__ = ["RAdam"]
 
@@ -33,6 +33,7 @@ class RAdam(FusedOptimizer):
         differentiable=False,
         max_grad_norm=None,
         norm_type=2.0,
+        state_dtype=None,
     ):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -59,6 +60,7 @@ class RAdam(FusedOptimizer):
             "differentiable": differentiable,
             "max_grad_norm": max_grad_norm,
             "norm_type": norm_type,
+            "state_dtype": state_dtype,
         }
         super().__init__(params, defaults)
 
@@ -88,4 +90,4 @@ RAdam.__doc__ = _torch_radam.RAdam.__doc__ + """
     fusedoptim: the step runs one fused kernel per bucket (param group x dtype) on the CPU.
     ``foreach`` and ``capturable`` are accepted for compatibility and have no effect there;
     ``differentiable=True`` takes torch's own implementation (the reference path).
-""" + CLIP_OPTIONS_DOC
+""" + OPTIONS_DOC

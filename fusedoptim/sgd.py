@@ -4,7 +4,7 @@ import torch
 from torch.optim.sgd import SGD as _TorchSGD
 
 from fusedoptim import _reference
-from fusedoptim.optimizer import CLIP_OPTIONS_DOC, FusedOptimizer, _scalar
+from fusedoptim.optimizer import OPTIONS_DOC, FusedOptimizer, _scalar
 
 __all__ = ["SGD"]
 
@@ -25,6 +25,7 @@ class SGD(FusedOptimizer):
         fused=None,
         max_grad_norm=None,
         norm_type=2.0,
+        state_dtype=None,
     ):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -47,6 +48,7 @@ class SGD(FusedOptimizer):
             "fused": fused,
             "max_grad_norm": max_grad_norm,
             "norm_type": norm_type,
+            "state_dtype": state_dtype,
         }
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
@@ -86,4 +88,4 @@ SGD.__doc__ = _TorchSGD.__doc__ + """
     fusedoptim: the step runs one fused kernel per bucket (param group x dtype) on the CPU.
     ``foreach`` and ``fused`` are accepted for compatibility and have no effect there;
     sparse gradients and ``differentiable=True`` take the plain-torch reference path.
-""" + CLIP_OPTIONS_DOC
+""" + OPTIONS_DOC

@@ -14,7 +14,7 @@ from torch.optim.optimizer import (
 )
 
 import fusedoptim
-from optim_configs import FUSEDOPTIM_OPTIONS, OPTIM_NAMES, OptimConfig, TensorHP
+from optim_configs import OPTIM_NAMES, OptimConfig, TensorHP, fusedoptim_options
 from helpers import (
     NUM_STEPS,
     accepts,
@@ -69,11 +69,11 @@ def test_classes_subclass_torch_optimizer(optim):
 def test_constructor_signature_matches_torch(optim):
     st = inspect.signature(torch_cls(optim).__init__).parameters
     sf = inspect.signature(fused_cls(optim).__init__).parameters
-    # torch's, then fusedoptim's own keyword-only options (LAMB has its max_grad_norm already).
-    own = [] if optim == "LAMB" else list(FUSEDOPTIM_OPTIONS)
+    # torch's, then fusedoptim's own keyword-only options.
+    own = list(fusedoptim_options(optim))
     assert list(sf) == list(st) + own
-    assert [(sf[n].kind, sf[n].default) for n in own] == [(inspect.Parameter.KEYWORD_ONLY, None),
-                                                          (inspect.Parameter.KEYWORD_ONLY, 2.0)][:len(own)]
+    defaults = {"max_grad_norm": None, "norm_type": 2.0, "state_dtype": None}
+    assert [(sf[n].kind, sf[n].default) for n in own] == [(inspect.Parameter.KEYWORD_ONLY, defaults[n]) for n in own]
     for name in st:
         assert sf[name].kind == st[name].kind, name
         assert sf[name].default == st[name].default, (name, sf[name].default, st[name].default)
@@ -84,7 +84,7 @@ def test_defaults_and_groups_match_torch(optim):
     values, _ = _values()
     o_t = torch_cls(optim)(as_params(values))
     o_f = fused_cls(optim)(as_params(values))
-    own = {} if optim == "LAMB" else {"max_grad_norm": None, "norm_type": 2.0}  # fusedoptim's, last
+    own = {n: {"norm_type": 2.0}.get(n) for n in fusedoptim_options(optim)}  # fusedoptim's, last
     assert o_f.defaults == {**o_t.defaults, **own}
     assert list(o_f.defaults) == list(o_t.defaults) + list(own)  # same key order, as printed by repr
     assert_param_groups_match(o_f.param_groups, o_t.param_groups)

@@ -34,6 +34,9 @@ struct BucketTable {
   // Every grad is multiplied by this before the rule sees it (the clip coefficient of
   // max_grad_norm, in the math type); 1.0: not at all.
   double grad_scale = 1.0;
+  // The storage of the elementwise states (state_dtype): the params' unless the optimizer
+  // asked for another; see NOTE: [State dtypes] in cpu/sweep.h for the pairs that exist.
+  DType state_dtype = dtype;
 };
 
 // A piece of one entry, [begin, end) in the entry's own index space: the unit of the

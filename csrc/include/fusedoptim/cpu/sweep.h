@@ -41,8 +41,9 @@ template <typename R> struct states_read_only<R, decltype(void(R::kReadOnlyState
 };
 
 // One element (or vector) of a rule: load the param, grad and the states the rule uses, run
-// it, store. Slots: param, grad, then the rule's states in order (bucket_table.h).
-template <template <typename> class Rule, typename Storage>
+// it, store. Slots: param, grad, then the rule's states in order (bucket_table.h). States are
+// stored as StateStorage (NOTE: [State dtypes]); the math type is the param storage's.
+template <template <typename> class Rule, typename Storage, typename StateStorage = Storage>
 struct RuleBody {
   using S = math_t<Storage>;
   using Coefs = math::TensorCoefs<S>;
@@ -71,7 +72,7 @@ struct RuleBody {
   template <typename V>
   FO_INLINE void load_states(const TensorEntry& e, int64_t i, V* state) const {
     for (int k = 0; k < kMaxStates; ++k) {
-      if (k < rule.num_states) state[k] = load<V>(static_cast<const Storage*>(e.ptr[kFirstStateSlot + k]) + i);
+      if (k < rule.num_states) state[k] = load<V>(static_cast<const StateStorage*>(e.ptr[kFirstStateSlot + k]) + i);
     }
   }
 
@@ -80,7 +81,7 @@ struct RuleBody {
     store(static_cast<Storage*>(e.ptr[kParamSlot]) + i, param);
     if (states_read_only<Rule<S>>::value) return;
     for (int k = 0; k < kMaxStates; ++k) {
-      if (k < rule.num_states) store(static_cast<Storage*>(e.ptr[kFirstStateSlot + k]) + i, state[k]);
+      if (k < rule.num_states) store(static_cast<StateStorage*>(e.ptr[kFirstStateSlot + k]) + i, state[k]);
     }
   }
 
@@ -105,9 +106,9 @@ struct RuleBody {
     load_states(e, i, state);
     rule.update(param, grad, state, coefs);
     for (int k = 0; k < kMaxStates; ++k) {
-      if (k < rule.num_states) store(static_cast<Storage*>(e.ptr[kFirstStateSlot + k]) + i, state[k]);
+      if (k < rule.num_states) store(static_cast<StateStorage*>(e.ptr[kFirstStateSlot + k]) + i, state[k]);
     }
-    if constexpr (!is_same_type<Storage, S>::value) load_states(e, i, state);
+    if constexpr (!is_same_type<StateStorage, S>::value) load_states(e, i, state);
     rule.accumulate(param, grad, state, coefs, sums);
   }
 };
@@ -129,14 +130,39 @@ FO_INLINE void sweep(const BucketTable& table, int64_t begin, int64_t end, const
   }
 }
 
-// Sweeps [begin, end) with Rule for the bucket's storage dtype, constructed from hyper.
+// NOTE: [State dtypes]
+// state_dtype stores an optimizer's elementwise states in another dtype than the params',
+// with the math in the params' math type (fp32 for 16-bit params). Each pair is one more
+// instantiation of every rule in every ISA TU, so only the pairs people train with exist:
+// fp32 params with bf16 states (halving the state memory), and bf16 or fp16 params with fp32
+// states (full-precision moments for 16-bit params). The host refuses the others
+// (fusedoptim/optimizer.py, bucket.cpp).
+template <typename Storage, typename F>
+FO_INLINE void with_state_storage(const BucketTable& table, F&& f) {
+  if constexpr (is_same_type<Storage, float>::value) {
+    if (table.state_dtype == DType::kBFloat16) return f(bf16_t{});
+  } else if constexpr (is_same_type<Storage, bf16_t>::value || is_same_type<Storage, fp16_t>::value) {
+    if (table.state_dtype == DType::kFloat32) return f(float{});
+  }
+  f(Storage{});
+}
+
+template <template <typename> class Rule, typename Storage, typename Hyper>
+FO_INLINE void sweep_storage(const BucketTable& table, const Hyper& hyper, int64_t begin, int64_t end) {
+  with_state_storage<Storage>(table, [&](auto state_tag) {
+    using StateStorage = decltype(state_tag);
+    sweep<Storage>(table, begin, end, RuleBody<Rule, Storage, StateStorage>(hyper).with_grad_scale(table.grad_scale));
+  });
+}
+
+// Sweeps [begin, end) with Rule for the bucket's storage dtypes, constructed from hyper.
 template <template <typename> class Rule, typename Hyper>
 FO_INLINE void sweep_bucket(const BucketTable& table, const Hyper& hyper, int64_t begin, int64_t end) {
   switch (table.dtype) {
-    case DType::kFloat32: sweep<float>(table, begin, end, RuleBody<Rule, float>(hyper).with_grad_scale(table.grad_scale)); break;
-    case DType::kFloat64: sweep<double>(table, begin, end, RuleBody<Rule, double>(hyper).with_grad_scale(table.grad_scale)); break;
-    case DType::kBFloat16: sweep<bf16_t>(table, begin, end, RuleBody<Rule, bf16_t>(hyper).with_grad_scale(table.grad_scale)); break;
-    case DType::kFloat16: sweep<fp16_t>(table, begin, end, RuleBody<Rule, fp16_t>(hyper).with_grad_scale(table.grad_scale)); break;
+    case DType::kFloat32: sweep_storage<Rule, float>(table, hyper, begin, end); break;
+    case DType::kFloat64: sweep_storage<Rule, double>(table, hyper, begin, end); break;
+    case DType::kBFloat16: sweep_storage<Rule, bf16_t>(table, hyper, begin, end); break;
+    case DType::kFloat16: sweep_storage<Rule, fp16_t>(table, hyper, begin, end); break;
   }
 }
 
@@ -169,10 +195,10 @@ FO_INLINE void reduce_segment(const BucketTable& table, const Segment& segment, 
   for (int k = 0; k < kNumSums; ++k) out[k] = total[k] + double(tail[k]);
 }
 
-template <template <typename> class Rule, typename Storage>
-struct ReduceBody : RuleBody<Rule, Storage> {
+template <template <typename> class Rule, typename Storage, typename StateStorage = Storage>
+struct ReduceBody : RuleBody<Rule, Storage, StateStorage> {
   static constexpr int kNumSums = Rule<math_t<Storage>>::kNumSums;
-  using RuleBody<Rule, Storage>::RuleBody;
+  using RuleBody<Rule, Storage, StateStorage>::RuleBody;
 };
 
 template <typename Storage, typename Body>
@@ -181,15 +207,26 @@ FO_INLINE void reduce_segments(const BucketTable& table, const Body& body, const
   for (int64_t s = first; s < last; ++s) reduce_segment<Storage>(table, segments[s], body, out + s * Body::kNumSums);
 }
 
+template <template <typename> class Rule, typename Storage, typename Hyper>
+FO_INLINE void reduce_storage(const BucketTable& table, const Hyper& hyper, const Segment* segments, int64_t first,
+                              int64_t last, double* out) {
+  with_state_storage<Storage>(table, [&](auto state_tag) {
+    using StateStorage = decltype(state_tag);
+    ReduceBody<Rule, Storage, StateStorage> body(hyper);
+    body.with_grad_scale(table.grad_scale);
+    reduce_segments<Storage>(table, body, segments, first, last, out);
+  });
+}
+
 // Runs reduction Rule over segments [first, last), writing Rule::kNumSums doubles per segment.
 template <template <typename> class Rule, typename Hyper>
 FO_INLINE void reduce_bucket(const BucketTable& table, const Hyper& hyper, const Segment* segments, int64_t first,
                              int64_t last, double* out) {
   switch (table.dtype) {
-    case DType::kFloat32: reduce_segments<float>(table, ReduceBody<Rule, float>(hyper), segments, first, last, out); break;
-    case DType::kFloat64: reduce_segments<double>(table, ReduceBody<Rule, double>(hyper), segments, first, last, out); break;
-    case DType::kBFloat16: reduce_segments<bf16_t>(table, ReduceBody<Rule, bf16_t>(hyper), segments, first, last, out); break;
-    case DType::kFloat16: reduce_segments<fp16_t>(table, ReduceBody<Rule, fp16_t>(hyper), segments, first, last, out); break;
+    case DType::kFloat32: reduce_storage<Rule, float>(table, hyper, segments, first, last, out); break;
+    case DType::kFloat64: reduce_storage<Rule, double>(table, hyper, segments, first, last, out); break;
+    case DType::kBFloat16: reduce_storage<Rule, bf16_t>(table, hyper, segments, first, last, out); break;
+    case DType::kFloat16: reduce_storage<Rule, fp16_t>(table, hyper, segments, first, last, out); break;
   }
 }
 

@@ -27,7 +27,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<Bucket>(m, "Bucket")
       .def(py::init([](std::vector<at::Tensor> params, std::vector<std::string> names,
                        std::vector<std::vector<std::optional<at::Tensor>>> states,
-                       std::vector<std::vector<std::optional<at::Tensor>>> scalars, std::vector<int64_t> first_step) {
+                       std::vector<std::vector<std::optional<at::Tensor>>> scalars, std::vector<int64_t> first_step,
+                       std::vector<std::optional<at::Tensor>> masters) {
              auto defined = [](std::vector<std::optional<at::Tensor>>& maybe) {
                std::vector<at::Tensor> out;
                out.reserve(maybe.size());
@@ -38,9 +39,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              for (auto& per_state : states) state_tensors.push_back(defined(per_state));
              for (auto& per_scalar : scalars) scalar_tensors.push_back(defined(per_scalar));
              return new Bucket(std::move(params), std::move(names), std::move(state_tensors),
-                               std::move(scalar_tensors), std::move(first_step));
+                               std::move(scalar_tensors), std::move(first_step), defined(masters));
            }),
-           py::arg("params"), py::arg("names"), py::arg("states"), py::arg("scalars"), py::arg("first_step"))
+           py::arg("params"), py::arg("names"), py::arg("states"), py::arg("scalars"), py::arg("first_step"),
+           py::arg("masters") = std::vector<std::optional<at::Tensor>>{})
       .def("prepare", [](Bucket& b) { return static_cast<int>(b.prepare()); })
       .def_property_readonly("num_entries", &Bucket::num_entries)
       .def("adam",

@@ -28,14 +28,14 @@ bool state_storage_supported(DType param, DType state) {
 
 Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
                std::vector<std::vector<at::Tensor>> states, std::vector<std::vector<at::Tensor>> scalars,
-               std::vector<int64_t> first_step)
+               std::vector<int64_t> first_step, std::vector<at::Tensor> masters)
     : params_(std::move(params)), names_(std::move(names)), states_(std::move(states)), scalars_(std::move(scalars)),
-      first_step_(std::move(first_step)) {
+      first_step_(std::move(first_step)), masters_(std::move(masters)) {
   const size_t n = params_.size();
   TORCH_CHECK(n > 0, "fusedoptim: a bucket needs at least one param");
   TORCH_CHECK(names_.size() == n && first_step_.size() == n, "fusedoptim: bucket tables of different lengths");
   TORCH_CHECK(static_cast<int>(states_.size()) <= kMaxSlots - kFirstStateSlot, "fusedoptim: too many states");
-  has_slots_ = !states_.empty() || !scalars_.empty();
+  has_slots_ = !states_.empty() || !scalars_.empty() || !masters_.empty();
   dtype_ = storage_dtype(params_[0].scalar_type());
   // The states' dtype: the params' unless the states given have another (state_dtype).
   at::ScalarType state_type = params_[0].scalar_type();
@@ -89,6 +89,22 @@ Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
       scalar_ptrs_[k][i] = scalar.data_ptr();
       scalar_is_double_[k][i] = scalar.scalar_type() == at::kDouble;
     }
+  }
+  TORCH_CHECK(masters_.empty() || ((dtype_ == DType::kBFloat16 || dtype_ == DType::kFloat16) &&
+                                   !params_[0].is_complex() && masters_.size() == n &&
+                                   (states_.empty() || state_dtype_ == DType::kFloat32)),
+              "fusedoptim: master weights are for bf16/fp16 params with float32 states");
+  master_ptrs_.assign(n, nullptr);
+  for (size_t i = 0; i < masters_.size(); ++i) {
+    const at::Tensor& master = masters_[i];
+    if (!master.defined()) {
+      has_state_[i] = 0;
+      continue;
+    }
+    TORCH_CHECK(master.is_cpu() && master.is_contiguous() && master.scalar_type() == at::kFloat &&
+                    master.numel() == params_[i].numel(),
+                "fusedoptim: the master weights of ", names_[i], " must be a contiguous float32 CPU tensor like the param");
+    master_ptrs_[i] = master.data_ptr();
   }
   entries_.reserve(n);
   prefix_.reserve(n + 1);
@@ -189,7 +205,8 @@ Bucket::Status Bucket::prepare() {
     }
     const int64_t numel = storage_numels_[i];
     TensorEntry entry{};
-    entry.ptr[kParamSlot] = probe.param_data;
+    entry.ptr[kParamSlot] = masters_.empty() ? probe.param_data : master_ptrs_[i];
+    if (!masters_.empty()) entry.ptr[kParam16Slot] = probe.param_data;
     entry.ptr[kGradSlot] = probe.grad_data;
     for (size_t s = 0; s < states_.size(); ++s) entry.ptr[kFirstStateSlot + s] = state_ptrs_[i][s];
     entry.numel = numel;
@@ -205,7 +222,7 @@ Bucket::Status Bucket::prepare() {
 
 BucketTable Bucket::table() const {
   return BucketTable{entries_.data(), prefix_.data(), static_cast<int64_t>(entries_.size()), prefix_.back(), dtype_,
-                     grad_scale_, state_dtype_};
+                     grad_scale_, state_dtype_, !masters_.empty()};
 }
 
 const std::vector<double>& Bucket::advance_steps() {

@@ -24,9 +24,12 @@ class Bucket {
   // any; scalars[0] is the step counter (ASGD adds eta and mu, NAdam mu_product).
   // first_step[i]: 1 while param i's state holds no values yet (SGD's momentum buffer
   // starts as a copy of the grad).
+  // masters[i]: param i's fp32 master weights (master_weights=True, bf16/fp16 params only;
+  // undefined where the param has no state yet), or empty: none (NOTE: [Master weights] in
+  // cpu/sweep.h).
   Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
          std::vector<std::vector<at::Tensor>> states, std::vector<std::vector<at::Tensor>> scalars,
-         std::vector<int64_t> first_step);
+         std::vector<int64_t> first_step, std::vector<at::Tensor> masters = {});
 
   enum Status : int { kReady = 0, kNeedsRebuild = 1 };
 
@@ -69,6 +72,8 @@ class Bucket {
   std::vector<std::vector<at::Tensor>> scalars_;
   std::vector<int64_t> first_step_;
   std::vector<at::Tensor> grads_;  // empty: the params' own .grad
+  std::vector<at::Tensor> masters_;  // empty: no master weights
+  std::vector<void*> master_ptrs_;
   bool has_slots_;  // whether params need state (and a step) before they can step
 
   // Cached at construction: the state and step addresses of each param (null: no state).

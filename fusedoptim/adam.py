@@ -36,6 +36,7 @@ class Adam(FusedOptimizer):
         max_grad_norm=None,
         norm_type=2.0,
         state_dtype=None,
+        master_weights=False,
     ):
         if isinstance(lr, torch.Tensor):
             if foreach and not capturable:
@@ -82,6 +83,7 @@ class Adam(FusedOptimizer):
             "max_grad_norm": max_grad_norm,
             "norm_type": norm_type,
             "state_dtype": state_dtype,
+            "master_weights": master_weights,
         }
         super().__init__(params, defaults)
 

@@ -57,6 +57,8 @@ class LAMB(FusedOptimizer):
             (default: False)
         state_dtype (torch.dtype, optional): store exp_avg and exp_avg_sq in this dtype
             (see fusedoptim.Adam's ``state_dtype``) (default: None, the params' dtype)
+        master_weights (bool, optional): fp32 master weights for bf16/fp16 params (see
+            fusedoptim.Adam's ``master_weights``) (default: False)
 
     State per param: ``step``, ``exp_avg``, ``exp_avg_sq``, as torch.optim.Adam names them.
     """
@@ -83,6 +85,7 @@ class LAMB(FusedOptimizer):
         maximize=False,
         differentiable=False,
         state_dtype=None,
+        master_weights=False,
     ):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -111,6 +114,7 @@ class LAMB(FusedOptimizer):
             "maximize": maximize,
             "differentiable": differentiable,
             "state_dtype": state_dtype,
+            "master_weights": master_weights,
         }
         super().__init__(params, defaults)
 

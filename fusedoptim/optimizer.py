@@ -53,6 +53,20 @@ dtype changes nothing. 0-dim states (step, ...) keep torch's dtypes. `state_dict
 states in state_dtype; torch.optim loads them (it casts states to the param dtype), and
 loading any state_dict casts them back into state_dtype buffers.
 
+NOTE: [Master weights]
+`master_weights=True` (every fused optimizer): each bf16/fp16 param of the group gets an fp32
+copy, state key `master_param` (views of one flat buffer per bucket, like the other states,
+made from the param's values on its first step). The kernels update the master with the
+16-bit grad in fp32 and write the param rounded (nearest even) from it in the same pass
+(NOTE: [Master weights] in csrc/include/fusedoptim/cpu/sweep.h), so updates smaller than
+half a 16-bit ulp accumulate instead of vanishing. The states are fp32 then (state_dtype
+None or torch.float32). fp32/fp64 params are untouched by the option (no copy). The master is
+the truth: writing the 16-bit param directly (load_state_dict of the model) does not reach
+it; build the optimizer again, or write `state[p]["master_param"]` too. `state_dict()` holds
+the masters in fp32 and load_state_dict keeps them fp32 (torch's would cast them to the
+param dtype); torch.optim loads such a state_dict and ignores the key (casting it to 16 bits).
+Not with differentiable=True, DTensor params, or params on the reference path (ValueError).
+
 NOTE: [Failed steps change nothing]
 A step first validates every grad (the compiled prepare() for buckets, `_check_step` for the
 rest) and only then commits a new plan's state views and runs kernels. A new plan
@@ -82,6 +96,10 @@ OPTIONS_DOC = """
         state_dtype (torch.dtype, optional): store the elementwise states (exp_avg, ...) in
             this dtype while the params keep theirs; the math stays in fp32 (NOTE: [State
             dtypes] in fusedoptim/optimizer.py). None: the params' dtype (default: None)
+        master_weights (bool, optional): keep an fp32 master copy of each bf16/fp16 param in
+            the state (``master_param``); the update runs on it in fp32 and the param is
+            rounded from it in the same pass (NOTE: [Master weights] in
+            fusedoptim/optimizer.py). No effect on fp32/fp64 params (default: False)
 """
 
 # Element offsets of params inside a flat state buffer are multiples of this, so every
@@ -151,6 +169,8 @@ def _state_dtype_for(group, param):
     """The dtype of `param`'s elementwise states in `group`; ValueError if the kernels have
     no such pair (NOTE: [State dtypes])."""
     wanted = group.get("state_dtype")
+    if _uses_master(group, param):
+        return torch.float32  # _check_group_options allowed None and float32 only
     if wanted is None or wanted == param.dtype:
         return param.dtype
     if param.is_complex() or wanted not in _STATE_DTYPE_PAIRS.get(param.dtype, ()):
@@ -164,6 +184,20 @@ def _uses_state_dtype(group, param):
     """Whether `group`'s state_dtype differs from what `param`'s states would be anyway."""
     wanted = group.get("state_dtype")
     return wanted is not None and wanted != param.dtype
+
+
+def _uses_master(group, param):
+    """Whether `param` gets fp32 master weights in `group` (NOTE: [Master weights])."""
+    return bool(group.get("master_weights")) and param.dtype in (torch.bfloat16, torch.float16)
+
+
+def _refused_on_reference_path(group, param):
+    """The option of `group` the reference path can't honour for `param`, or None."""
+    if _uses_master(group, param):
+        return "master_weights"
+    if _uses_state_dtype(group, param):
+        return "state_dtype"
+    return None
 
 
 def _reusable_scalar(value):
@@ -196,6 +230,7 @@ class _Bucket:
             self.kernel_params = kernel_params = params
         self.has_complex = any(p.is_complex() for p in params)
         state_dtype = _state_dtype_for(group, kernel_params[0])  # the same for the whole bucket
+        self.master = _uses_master(group, kernel_params[0])
         self.state_names = state_names = optimizer._state_names(group)
         self.scalar_names = scalar_names = optimizer._scalar_names(group)
         step_dtype = optimizer._step_dtype(group)
@@ -258,11 +293,37 @@ class _Bucket:
                     continue
                 values[k] = _scalar(old) if old is not None else optimizer._initial_scalar(group, name)
                 self.scalars[name][i] = values[k]
+        self.masters = self._masters(slot_states, copy_existing) if self.master else [None] * n
         first_step = [int(optimizer._first_step(st)) if st is not None else 0 for st in slot_states]
         self.compiled = _extension._C.Bucket(
             kernel_params, names, [self.states[name] for name in state_names],
-            [self.scalars[name] for name in scalar_names], first_step,
+            [self.scalars[name] for name in scalar_names], first_step, self.masters if self.master else [],
         )
+
+    def _masters(self, slot_states, copy_existing):
+        """Each param's fp32 master weights: its state's when reusable, else a view of one new
+        flat buffer holding the loaded master or the param's values (NOTE: [Master weights])."""
+        masters = [None] * len(self.params)
+        needs = []
+        for i, st in enumerate(slot_states):
+            if st is None:
+                continue
+            old = st.get("master_param")
+            if not copy_existing and _reusable_state(old, self.params[i], torch.float32):
+                masters[i] = old
+            else:
+                needs.append(i)
+        offsets, total = [], 0
+        for i in needs:
+            offsets.append(total)
+            total += -(-self.params[i].numel() // _OFFSET_ALIGNMENT) * _OFFSET_ALIGNMENT
+        buffer = torch.empty(total, dtype=torch.float32)
+        for i, offset in zip(needs, offsets):
+            view = _flat_view(buffer, offset, self.params[i])
+            old = slot_states[i].get("master_param")
+            view.copy_(old.detach() if isinstance(old, torch.Tensor) else self.params[i].detach())
+            masters[i] = view
+        return masters
 
     def commit(self, state):
         """Puts this bucket's state tensors into `state` under torch's keys, in torch's order."""
@@ -276,6 +337,8 @@ class _Bucket:
             for name in self.state_names:
                 if entry.get(name) is not self.state_values[name][i]:
                     dict.__setitem__(entry, name, self.state_values[name][i])
+            if self.master and entry.get("master_param") is not self.masters[i]:
+                dict.__setitem__(entry, "master_param", self.masters[i])
 
     def attach_local_grads(self):
         """Gives each local alias its DTensor grad's local tensor, for the compiled prepare().
@@ -306,9 +369,10 @@ class _Plan:
             params = group["params"]
             fused, reference = optimizer._split_group(g, group)
             for i in reference:
-                if _uses_state_dtype(group, params[i]):
+                option = _refused_on_reference_path(group, params[i])
+                if option is not None:
                     raise ValueError(
-                        f"state_dtype is not supported for param_groups[{g}]['params'][{i}]: it takes the "
+                        f"{option} is not supported for param_groups[{g}]['params'][{i}]: it takes the "
                         f"plain-torch reference path ({_tensor_kind(params[i])}), which keeps torch's states")
             by_kind = {}
             for i in fused:
@@ -321,7 +385,7 @@ class _Plan:
                 existing = optimizer.state.get(p)
                 if existing:
                     return existing
-                if not after_load and p.grad is not None and optimizer._wants_state(group):
+                if not after_load and p.grad is not None and (optimizer._wants_state(group) or _uses_master(group, p)):
                     return {}
                 return None
 
@@ -399,7 +463,7 @@ class FusedOptimizer(Optimizer):
     def _own_defaults(self):
         """fusedoptim's own group options and their defaults (torch.optim has none of them)."""
         clip = {"max_grad_norm": None, "norm_type": 2.0} if self._clips_grads else {}
-        return {**clip, "state_dtype": None}
+        return {**clip, "state_dtype": None, "master_weights": False}
 
     def __init__(self, params, defaults):
         super().__init__(params, defaults)
@@ -444,7 +508,7 @@ class FusedOptimizer(Optimizer):
         """Options whose change needs a new plan (they change states or routing)."""
         return (
             tuple(self._state_names(group)), tuple(self._scalar_names(group)), self._reference_group(group),
-            self._step_dtype(group), group.get("state_dtype"),
+            self._step_dtype(group), group.get("state_dtype"), bool(group.get("master_weights")),
         )
 
     # Algorithms whose fused host code does not replay torch's arithmetic in the dtype of Tensor
@@ -494,6 +558,18 @@ class FusedOptimizer(Optimizer):
                 raise ValueError("state_dtype is not supported with differentiable=True")
             if any(_dtensor.is_dtensor(p) for p in group["params"]):
                 raise ValueError("state_dtype is not supported with DTensor params yet")
+        master = group["master_weights"]
+        if not isinstance(master, bool):
+            raise ValueError(f"Invalid master_weights value: {master}")
+        if master:
+            if group.get("differentiable"):
+                raise ValueError("master_weights is not supported with differentiable=True")
+            if any(_dtensor.is_dtensor(p) for p in group["params"]):
+                raise ValueError("master_weights is not supported with DTensor params yet")
+            if state_dtype not in (None, torch.float32):
+                raise ValueError(
+                    f"state_dtype={state_dtype} is not supported with master_weights=True: master weights keep "
+                    "float32 states")
         if not self._clips_grads:
             return
         max_norm, norm_type = group["max_grad_norm"], group["norm_type"]
@@ -533,7 +609,14 @@ class FusedOptimizer(Optimizer):
         # A torch.optim state_dict has no clip options: the groups keep this optimizer's
         # (torch's __setstate__ would reset them to None and 2.0).
         absent = [[key for key in self._own_defaults() if key not in saved] for saved in state_dict["param_groups"]]
+        # torch's load casts every floating state to its param's dtype: keep the fp32 masters.
+        saved_ids = [i for saved in state_dict["param_groups"] for i in saved["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        masters = {p: state_dict["state"][i]["master_param"] for i, p in zip(saved_ids, params)
+                   if "master_param" in state_dict["state"].get(i, {})}
         super().load_state_dict(state_dict)
+        for p, master in masters.items():
+            dict.__setitem__(self.state[p], "master_param", master.detach().to(p.device, torch.float32, copy=True))
         for group, keys in zip(self.param_groups, absent):
             for key in keys:
                 group[key] = self.defaults[key]

@@ -28,6 +28,7 @@ class Rprop(FusedOptimizer):
         max_grad_norm=None,
         norm_type=2.0,
         state_dtype=None,
+        master_weights=False,
     ):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -47,6 +48,7 @@ class Rprop(FusedOptimizer):
             "max_grad_norm": max_grad_norm,
             "norm_type": norm_type,
             "state_dtype": state_dtype,
+            "master_weights": master_weights,
         }
         super().__init__(params, defaults)
 

@@ -26,6 +26,7 @@ class SGD(FusedOptimizer):
         max_grad_norm=None,
         norm_type=2.0,
         state_dtype=None,
+        master_weights=False,
     ):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -49,6 +50,7 @@ class SGD(FusedOptimizer):
             "max_grad_norm": max_grad_norm,
             "norm_type": norm_type,
             "state_dtype": state_dtype,
+            "master_weights": master_weights,
         }
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")

@@ -9,10 +9,13 @@ namespace fusedoptim {
 
 // Named slots of a table entry. Slot 0 is always the param and slot 1 its grad; the
 // optimizer's states follow in the order the algorithm names them (see each math header).
+// With master weights slot 0 is the fp32 master copy the rule updates, and the 16-bit param
+// written from it is in the last slot (NOTE: [Master weights] in cpu/sweep.h).
 constexpr int kParamSlot = 0;
 constexpr int kGradSlot = 1;
 constexpr int kFirstStateSlot = 2;
-constexpr int kMaxSlots = 5;
+constexpr int kMaxSlots = 6;
+constexpr int kParam16Slot = kMaxSlots - 1;
 constexpr int kNumTensorCoefs = 4;
 
 // One tensor of a bucket that has a gradient this step.
@@ -37,6 +40,8 @@ struct BucketTable {
   // The storage of the elementwise states (state_dtype): the params' unless the optimizer
   // asked for another; see NOTE: [State dtypes] in cpu/sweep.h for the pairs that exist.
   DType state_dtype = dtype;
+  // Slot 0 holds fp32 master weights of the bucket's 16-bit params (master_weights=True).
+  bool master_weights = false;
 };
 
 // A piece of one entry, [begin, end) in the entry's own index space: the unit of the

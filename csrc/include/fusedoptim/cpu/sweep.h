@@ -34,21 +34,34 @@ template <typename V> struct width_of<V, decltype(void(V::kWidth))> { static con
 template <typename A, typename B> struct is_same_type { static constexpr bool value = false; };
 template <typename A> struct is_same_type<A, A> { static constexpr bool value = true; };
 
+template <bool B, typename T, typename F> struct pick_type { using type = T; };
+template <typename T, typename F> struct pick_type<false, T, F> { using type = F; };
+
 // Whether a rule only reads its states (LAMB's apply pass): then they are not stored back.
 template <typename R, typename = void> struct states_read_only { static constexpr bool value = false; };
 template <typename R> struct states_read_only<R, decltype(void(R::kReadOnlyStates))> {
   static constexpr bool value = R::kReadOnlyStates;
 };
 
+// NOTE: [Master weights]
+// With master_weights=True a 16-bit param has an fp32 master copy (the optimizer state
+// `master_param`): the rule loads the master from slot 0 instead of the param, updates it in
+// fp32 with the 16-bit grad, stores it, and writes the param rounded (nearest even) from it in
+// the same pass (slot kParam16Slot). So small updates accumulate in the master where a bf16
+// param would round them away. The states are fp32 with master weights; only bf16 and fp16
+// params with fp32 states are instantiated.
+
 // One element (or vector) of a rule: load the param, grad and the states the rule uses, run
 // it, store. Slots: param, grad, then the rule's states in order (bucket_table.h). States are
-// stored as StateStorage (NOTE: [State dtypes]); the math type is the param storage's.
-template <template <typename> class Rule, typename Storage, typename StateStorage = Storage>
+// stored as StateStorage (NOTE: [State dtypes]); the math type is the param storage's. With
+// kMaster, slot 0 is the param's fp32 master (NOTE: [Master weights]).
+template <template <typename> class Rule, typename Storage, typename StateStorage = Storage, bool kMaster = false>
 struct RuleBody {
   using S = math_t<Storage>;
   using Coefs = math::TensorCoefs<S>;
+  using ParamStorage = typename pick_type<kMaster, float, Storage>::type;
   static constexpr int kMaxStates = Rule<S>::kMaxStates;
-  static_assert(kFirstStateSlot + kMaxStates <= kMaxSlots, "too many states for a table entry");
+  static_assert(kFirstStateSlot + kMaxStates <= kParam16Slot, "too many states for a table entry");
   Rule<S> rule;
   S grad_scale = S(1);
   bool scales_grad = false;
@@ -78,7 +91,8 @@ struct RuleBody {
 
   template <typename V>
   FO_INLINE void store_all(const TensorEntry& e, int64_t i, V param, const V* state) const {
-    store(static_cast<Storage*>(e.ptr[kParamSlot]) + i, param);
+    store(static_cast<ParamStorage*>(e.ptr[kParamSlot]) + i, param);
+    if constexpr (kMaster) store(static_cast<Storage*>(e.ptr[kParam16Slot]) + i, param);
     if (states_read_only<Rule<S>>::value) return;
     for (int k = 0; k < kMaxStates; ++k) {
       if (k < rule.num_states) store(static_cast<StateStorage*>(e.ptr[kFirstStateSlot + k]) + i, state[k]);
@@ -87,7 +101,7 @@ struct RuleBody {
 
   template <typename V>
   FO_INLINE void apply(const TensorEntry& e, const Coefs& coefs, int64_t i) const {
-    V param = load<V>(static_cast<const Storage*>(e.ptr[kParamSlot]) + i);
+    V param = load<V>(static_cast<const ParamStorage*>(e.ptr[kParamSlot]) + i);
     const V grad = load_grad<V>(e, i);
     V state[kMaxStates > 0 ? kMaxStates : 1];
     load_states(e, i, state);
@@ -100,7 +114,7 @@ struct RuleBody {
   // sees what the sums saw, rounding to bf16/fp16 included.
   template <typename V>
   FO_INLINE void apply_reduce(const TensorEntry& e, const Coefs& coefs, int64_t i, V* sums) const {
-    const V param = load<V>(static_cast<const Storage*>(e.ptr[kParamSlot]) + i);
+    const V param = load<V>(static_cast<const ParamStorage*>(e.ptr[kParamSlot]) + i);
     const V grad = load_grad<V>(e, i);
     V state[kMaxStates > 0 ? kMaxStates : 1];
     load_states(e, i, state);
@@ -149,6 +163,11 @@ FO_INLINE void with_state_storage(const BucketTable& table, F&& f) {
 
 template <template <typename> class Rule, typename Storage, typename Hyper>
 FO_INLINE void sweep_storage(const BucketTable& table, const Hyper& hyper, int64_t begin, int64_t end) {
+  if constexpr (is_same_type<Storage, bf16_t>::value || is_same_type<Storage, fp16_t>::value) {
+    if (table.master_weights) {
+      return sweep<Storage>(table, begin, end, RuleBody<Rule, Storage, float, true>(hyper).with_grad_scale(table.grad_scale));
+    }
+  }
   with_state_storage<Storage>(table, [&](auto state_tag) {
     using StateStorage = decltype(state_tag);
     sweep<Storage>(table, begin, end, RuleBody<Rule, Storage, StateStorage>(hyper).with_grad_scale(table.grad_scale));
@@ -195,10 +214,10 @@ FO_INLINE void reduce_segment(const BucketTable& table, const Segment& segment, 
   for (int k = 0; k < kNumSums; ++k) out[k] = total[k] + double(tail[k]);
 }
 
-template <template <typename> class Rule, typename Storage, typename StateStorage = Storage>
-struct ReduceBody : RuleBody<Rule, Storage, StateStorage> {
+template <template <typename> class Rule, typename Storage, typename StateStorage = Storage, bool kMaster = false>
+struct ReduceBody : RuleBody<Rule, Storage, StateStorage, kMaster> {
   static constexpr int kNumSums = Rule<math_t<Storage>>::kNumSums;
-  using RuleBody<Rule, Storage, StateStorage>::RuleBody;
+  using RuleBody<Rule, Storage, StateStorage, kMaster>::RuleBody;
 };
 
 template <typename Storage, typename Body>
@@ -210,6 +229,13 @@ FO_INLINE void reduce_segments(const BucketTable& table, const Body& body, const
 template <template <typename> class Rule, typename Storage, typename Hyper>
 FO_INLINE void reduce_storage(const BucketTable& table, const Hyper& hyper, const Segment* segments, int64_t first,
                               int64_t last, double* out) {
+  if constexpr (is_same_type<Storage, bf16_t>::value || is_same_type<Storage, fp16_t>::value) {
+    if (table.master_weights) {
+      ReduceBody<Rule, Storage, float, true> body(hyper);
+      body.with_grad_scale(table.grad_scale);
+      return reduce_segments<Storage>(table, body, segments, first, last, out);
+    }
+  }
   with_state_storage<Storage>(table, [&](auto state_tag) {
     using StateStorage = decltype(state_tag);
     ReduceBody<Rule, Storage, StateStorage> body(hyper);

@@ -68,7 +68,7 @@ def test_matches_torch(dtype, norm_type):
 
 
 @pytest.mark.parametrize("norm_type", [2.0, 1.0, float("inf")], ids=str)
-def test_fp64_is_tight_with_many_tensors(norm_type):
+def test_fp64_is_tight_with_many_tensors(norm_type, isa):
     g = torch.Generator().manual_seed(3)
     sizes = torch.randint(1, 300, (500,), generator=g).tolist()
     params = _params(sizes, torch.float64, seed=4)
@@ -79,14 +79,14 @@ def test_fp64_is_tight_with_many_tensors(norm_type):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_below_max_norm_leaves_grads_bit_identical(dtype):
+def test_below_max_norm_leaves_grads_bit_identical(dtype, isa):
     params = _params([5, 70, 1000], dtype)
     total, expected, ours, theirs = _clip_both(params, max_norm=1e6)
     for p, q, r in zip(ours, theirs, params):
         assert torch.equal(p.grad, r.grad) and torch.equal(q.grad, r.grad)
 
 
-def test_fp32_scaling_is_torchs_multiplication():
+def test_fp32_scaling_is_torchs_multiplication(isa):
     # With the same coefficient the scaling pass gives torch's bits: feed both torch's norm.
     params = _params(TAIL_SIZES, torch.float32)
     ours, theirs = _clone(params), _clone(params)

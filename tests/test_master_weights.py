@@ -32,7 +32,7 @@ def _train(cls, kwargs, params, grads, dtype, **options):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_tracks_fp32_where_plain_16bit_stalls(dtype):
+def test_tracks_fp32_where_plain_16bit_stalls(dtype, isa):
     """AdamW with a small lr and weight decay: each update is below half a 16-bit ulp of the
     params. Plain 16-bit params never move; with master weights the master follows the fp32
     run exactly (same fp32 arithmetic on the same grads) and the param is it rounded once."""

@@ -65,7 +65,7 @@ def test_other_norms_and_groups(config, norm_type):
     assert_states_match(opt_f, opt_t, pf, pt, tol=dict(rtol=1e-13, atol=1e-15))
 
 
-def test_norm_below_max_is_bit_identical_to_no_clipping():
+def test_norm_below_max_is_bit_identical_to_no_clipping(isa):
     values = make_param_values(SHAPES, torch.float32)
     grads = make_grad_values(SHAPES, torch.float32, num_steps=3)
     results = []
@@ -103,7 +103,7 @@ def test_reference_path_params_get_the_same_coefficient():
     assert_params_match(pf, pt, tol=dict(rtol=1e-13, atol=1e-15))
 
 
-def test_bf16_follows_fp32_clipped_run():
+def test_bf16_follows_fp32_clipped_run(isa):
     values = make_param_values(SHAPES, torch.float32)
     grads = make_grad_values(SHAPES, torch.float32, num_steps=3)
     results = {}

@@ -52,7 +52,7 @@ def _close(actual, expected, rtol):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=config_ids(CONFIGS))
-def test_fp32_params_bf16_states(config):
+def test_fp32_params_bf16_states(config, isa):
     pf, opt_f, pt, opt_t = _run(config, torch.float32, torch.bfloat16)
     assert opt_f.last_step_paths["reference"] == 0
     for p, q in zip(pf, pt):
@@ -78,7 +78,7 @@ def test_16bit_params_fp32_states(config, param_dtype):
                 _close(value, opt_t.state[q][name], 1e-3)
 
 
-def test_same_dtype_changes_nothing():
+def test_same_dtype_changes_nothing(isa):
     values = make_param_values(SHAPES, torch.float32)
     grads = make_grad_values(SHAPES, torch.float32, num_steps=3)
     runs = []

@@ -131,6 +131,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            },
            py::arg("norm_type"))
       .def("set_grad_scale", &Bucket::set_grad_scale, py::arg("scale"))
+      .def("set_rounding_seed", [](Bucket& b, int64_t seed) { b.set_rounding_seed(static_cast<uint64_t>(seed)); },
+           py::arg("seed"))
       .def("grad_squares",
            [](Bucket& b) {
              py::gil_scoped_release no_gil;

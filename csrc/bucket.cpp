@@ -180,6 +180,7 @@ Bucket::Status Bucket::prepare() {
   grad_copies_.clear();
   segments_numel_ = 0;
   grad_scale_ = 1.0;
+  stochastic_rounding_ = false;
   const int64_t n = static_cast<int64_t>(params_.size());
   probes_.resize(n);
   at::parallel_for(0, n, 1024, [&](int64_t begin, int64_t end) { probe(begin, end); });
@@ -222,7 +223,14 @@ Bucket::Status Bucket::prepare() {
 
 BucketTable Bucket::table() const {
   return BucketTable{entries_.data(), prefix_.data(), static_cast<int64_t>(entries_.size()), prefix_.back(), dtype_,
-                     grad_scale_, state_dtype_, !masters_.empty()};
+                     grad_scale_, state_dtype_, !masters_.empty(), stochastic_rounding_, rounding_seed_};
+}
+
+void Bucket::set_rounding_seed(uint64_t seed) {
+  TORCH_CHECK((dtype_ == DType::kBFloat16 || dtype_ == DType::kFloat16) && masters_.empty() && state_dtype_ == dtype_,
+              "fusedoptim: stochastic rounding is for bf16/fp16 params without master weights or another state dtype");
+  stochastic_rounding_ = true;
+  rounding_seed_ = seed;
 }
 
 const std::vector<double>& Bucket::advance_steps() {

@@ -64,6 +64,9 @@ class Bucket {
   // The grad multiplier of this step's table (max_grad_norm's clip coefficient); prepare()
   // resets it to 1.
   void set_grad_scale(double scale) { grad_scale_ = scale; }
+  // Rounds this step's 16-bit params stochastically with `seed` (NOTE: [Stochastic rounding]
+  // in dtype.h); prepare() turns it off.
+  void set_rounding_seed(uint64_t seed);
 
  private:
   std::vector<at::Tensor> params_;
@@ -114,6 +117,8 @@ class Bucket {
   std::vector<Segment> segments_;
   int64_t segments_numel_ = 0;  // the max_numel segments_ was cut with; 0: not cut since prepare()
   double grad_scale_ = 1.0;
+  bool stochastic_rounding_ = false;
+  uint64_t rounding_seed_ = 0;
 };
 
 }  // namespace fusedoptim

@@ -30,6 +30,7 @@ class Adagrad(FusedOptimizer):
         norm_type=2.0,
         state_dtype=None,
         master_weights=False,
+        stochastic_rounding=False,
     ):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -58,6 +59,7 @@ class Adagrad(FusedOptimizer):
             "norm_type": norm_type,
             "state_dtype": state_dtype,
             "master_weights": master_weights,
+            "stochastic_rounding": stochastic_rounding,
         }
         super().__init__(params, defaults)
         # torch.optim.Adagrad creates the state of every param at construction.

@@ -37,6 +37,7 @@ class Adam(FusedOptimizer):
         norm_type=2.0,
         state_dtype=None,
         master_weights=False,
+        stochastic_rounding=False,
     ):
         if isinstance(lr, torch.Tensor):
             if foreach and not capturable:
@@ -84,6 +85,7 @@ class Adam(FusedOptimizer):
             "norm_type": norm_type,
             "state_dtype": state_dtype,
             "master_weights": master_weights,
+            "stochastic_rounding": stochastic_rounding,
         }
         super().__init__(params, defaults)
 

@@ -27,13 +27,14 @@ class AdamW(Adam):
         norm_type=2.0,
         state_dtype=None,
         master_weights=False,
+        stochastic_rounding=False,
     ):
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad,
             foreach=foreach, maximize=maximize, capturable=capturable,
             differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
             max_grad_norm=max_grad_norm, norm_type=norm_type, state_dtype=state_dtype,
-            master_weights=master_weights,
+            master_weights=master_weights, stochastic_rounding=stochastic_rounding,
         )
 
     def __setstate__(self, state):

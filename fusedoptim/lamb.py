@@ -59,6 +59,8 @@ class LAMB(FusedOptimizer):
             (see fusedoptim.Adam's ``state_dtype``) (default: None, the params' dtype)
         master_weights (bool, optional): fp32 master weights for bf16/fp16 params (see
             fusedoptim.Adam's ``master_weights``) (default: False)
+        stochastic_rounding (bool, optional): stochastic rounding of bf16/fp16 params (see
+            fusedoptim.Adam's ``stochastic_rounding``) (default: False)
 
     State per param: ``step``, ``exp_avg``, ``exp_avg_sq``, as torch.optim.Adam names them.
     """
@@ -86,6 +88,7 @@ class LAMB(FusedOptimizer):
         differentiable=False,
         state_dtype=None,
         master_weights=False,
+        stochastic_rounding=False,
     ):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -115,6 +118,7 @@ class LAMB(FusedOptimizer):
             "differentiable": differentiable,
             "state_dtype": state_dtype,
             "master_weights": master_weights,
+            "stochastic_rounding": stochastic_rounding,
         }
         super().__init__(params, defaults)
 

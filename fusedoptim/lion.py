@@ -41,6 +41,8 @@ class Lion(FusedOptimizer):
             fusedoptim.Adam's ``state_dtype``) (default: None, the params' dtype)
         master_weights (bool, optional): fp32 master weights for bf16/fp16 params (see
             fusedoptim.Adam's ``master_weights``) (default: False)
+        stochastic_rounding (bool, optional): stochastic rounding of bf16/fp16 params (see
+            fusedoptim.Adam's ``stochastic_rounding``) (default: False)
 
     State per param: ``exp_avg`` (the running average :math:`m`), zeros at first.
     """
@@ -49,7 +51,8 @@ class Lion(FusedOptimizer):
     _group_defaults = {"maximize": False, "differentiable": False}
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False, differentiable=False,
-                 max_grad_norm=None, norm_type=2.0, state_dtype=None, master_weights=False):
+                 max_grad_norm=None, norm_type=2.0, state_dtype=None, master_weights=False,
+                 stochastic_rounding=False):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if not 0.0 <= lr:
@@ -64,6 +67,7 @@ class Lion(FusedOptimizer):
             "lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize,
             "differentiable": differentiable, "max_grad_norm": max_grad_norm, "norm_type": norm_type,
             "state_dtype": state_dtype, "master_weights": master_weights,
+            "stochastic_rounding": stochastic_rounding,
         }
         super().__init__(params, defaults)
 

@@ -67,6 +67,17 @@ the masters in fp32 and load_state_dict keeps them fp32 (torch's would cast them
 param dtype); torch.optim loads such a state_dict and ignores the key (casting it to 16 bits).
 Not with differentiable=True, DTensor params, or params on the reference path (ValueError).
 
+NOTE: [Stochastic rounding]
+`stochastic_rounding=True` (every fused optimizer): the update of a bf16/fp16 param is
+computed in fp32 as always and stored rounded to one of its two 16-bit neighbours at random,
+with the probabilities that make the expected stored value the fp32 result; the states keep
+round-to-nearest. The random bits are a hash of a per-step seed and the element's index
+(NOTE: [Stochastic rounding] in csrc/include/fusedoptim/dtype.h); each step draws one seed
+per 16-bit bucket from torch's default CPU generator, so torch.manual_seed reproduces a run
+and the thread count does not matter. It replaces master weights for memory-bound training,
+so it refuses master_weights=True and a state_dtype (no kernels for those pairs), and, like
+them, differentiable=True, DTensor params and 16-bit params on the reference path.
+
 NOTE: [Failed steps change nothing]
 A step first validates every grad (the compiled prepare() for buckets, `_check_step` for the
 rest) and only then commits a new plan's state views and runs kernels. A new plan
@@ -99,6 +110,10 @@ OPTIONS_DOC = """
         master_weights (bool, optional): keep an fp32 master copy of each bf16/fp16 param in
             the state (``master_param``); the update runs on it in fp32 and the param is
             rounded from it in the same pass (NOTE: [Master weights] in
+            fusedoptim/optimizer.py). No effect on fp32/fp64 params (default: False)
+        stochastic_rounding (bool, optional): round the fp32 result into bf16/fp16 params
+            stochastically (unbiased, reproducible from torch.manual_seed) instead of to
+            nearest; not with master_weights or state_dtype (NOTE: [Stochastic rounding] in
             fusedoptim/optimizer.py). No effect on fp32/fp64 params (default: False)
 """
 
@@ -191,10 +206,17 @@ def _uses_master(group, param):
     return bool(group.get("master_weights")) and param.dtype in (torch.bfloat16, torch.float16)
 
 
+def _uses_stochastic_rounding(group, param):
+    """Whether `param`'s update is rounded stochastically in `group` (NOTE: [Stochastic rounding])."""
+    return bool(group.get("stochastic_rounding")) and param.dtype in (torch.bfloat16, torch.float16)
+
+
 def _refused_on_reference_path(group, param):
     """The option of `group` the reference path can't honour for `param`, or None."""
     if _uses_master(group, param):
         return "master_weights"
+    if _uses_stochastic_rounding(group, param):
+        return "stochastic_rounding"
     if _uses_state_dtype(group, param):
         return "state_dtype"
     return None
@@ -231,6 +253,7 @@ class _Bucket:
         self.has_complex = any(p.is_complex() for p in params)
         state_dtype = _state_dtype_for(group, kernel_params[0])  # the same for the whole bucket
         self.master = _uses_master(group, kernel_params[0])
+        self.stochastic = _uses_stochastic_rounding(group, kernel_params[0])
         self.state_names = state_names = optimizer._state_names(group)
         self.scalar_names = scalar_names = optimizer._scalar_names(group)
         step_dtype = optimizer._step_dtype(group)
@@ -429,6 +452,11 @@ class _Plan:
         self.state_version = state.version
 
 
+def _rounding_seed():
+    """A 64-bit seed from torch's default CPU generator (NOTE: [Stochastic rounding])."""
+    return int(torch.empty((), dtype=torch.int64).random_())
+
+
 @contextlib.contextmanager
 def _scaled_grads(params, coef):
     """Within the block, each param's grad is its grad times `coef` (as torch's clip_grad_norm_
@@ -463,7 +491,7 @@ class FusedOptimizer(Optimizer):
     def _own_defaults(self):
         """fusedoptim's own group options and their defaults (torch.optim has none of them)."""
         clip = {"max_grad_norm": None, "norm_type": 2.0} if self._clips_grads else {}
-        return {**clip, "state_dtype": None, "master_weights": False}
+        return {**clip, "state_dtype": None, "master_weights": False, "stochastic_rounding": False}
 
     def __init__(self, params, defaults):
         super().__init__(params, defaults)
@@ -509,6 +537,7 @@ class FusedOptimizer(Optimizer):
         return (
             tuple(self._state_names(group)), tuple(self._scalar_names(group)), self._reference_group(group),
             self._step_dtype(group), group.get("state_dtype"), bool(group.get("master_weights")),
+            bool(group.get("stochastic_rounding")),
         )
 
     # Algorithms whose fused host code does not replay torch's arithmetic in the dtype of Tensor
@@ -570,6 +599,18 @@ class FusedOptimizer(Optimizer):
                 raise ValueError(
                     f"state_dtype={state_dtype} is not supported with master_weights=True: master weights keep "
                     "float32 states")
+        stochastic = group["stochastic_rounding"]
+        if not isinstance(stochastic, bool):
+            raise ValueError(f"Invalid stochastic_rounding value: {stochastic}")
+        if stochastic:
+            if master:
+                raise ValueError("stochastic_rounding and master_weights=True cannot be used together")
+            if state_dtype is not None:
+                raise ValueError(f"state_dtype={state_dtype} is not supported with stochastic_rounding=True")
+            if group.get("differentiable"):
+                raise ValueError("stochastic_rounding is not supported with differentiable=True")
+            if any(_dtensor.is_dtensor(p) for p in group["params"]):
+                raise ValueError("stochastic_rounding is not supported with DTensor params yet")
         if not self._clips_grads:
             return
         max_norm, norm_type = group["max_grad_norm"], group["norm_type"]
@@ -857,6 +898,8 @@ class FusedOptimizer(Optimizer):
                     if bucket.compiled.num_entries:
                         if coef is not None:
                             bucket.compiled.set_grad_scale(coef.item() if coef.device.type == "cpu" else coef.cpu().item())
+                        if bucket.stochastic:
+                            bucket.compiled.set_rounding_seed(_rounding_seed())
                         self._fused_step(group, bucket.compiled)
                         fused += bucket.compiled.num_entries
                 with_grad = [p for p in reference_params if p.grad is not None]

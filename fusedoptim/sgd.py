@@ -27,6 +27,7 @@ class SGD(FusedOptimizer):
         norm_type=2.0,
         state_dtype=None,
         master_weights=False,
+        stochastic_rounding=False,
     ):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -51,6 +52,7 @@ class SGD(FusedOptimizer):
             "norm_type": norm_type,
             "state_dtype": state_dtype,
             "master_weights": master_weights,
+            "stochastic_rounding": stochastic_rounding,
         }
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")

@@ -30,13 +30,13 @@ EXTRA_OPTIM_NAMES = ("LAMB", "Lion")
 OPTIM_NAMES = TORCH_OPTIM_NAMES + EXTRA_OPTIM_NAMES
 # Options fusedoptim adds to every optimizer (not in the registry: no torch class has them),
 # in signature order.
-FUSEDOPTIM_OPTIONS = ("max_grad_norm", "norm_type", "state_dtype", "master_weights")
+FUSEDOPTIM_OPTIONS = ("max_grad_norm", "norm_type", "state_dtype", "master_weights", "stochastic_rounding")
 
 
 def fusedoptim_options(optim):
     """fusedoptim's own options of `optim`, last in its signature (LAMB's max_grad_norm is its
     own, Apex's, and it has no norm_type)."""
-    return ("state_dtype", "master_weights") if optim == "LAMB" else FUSEDOPTIM_OPTIONS
+    return FUSEDOPTIM_OPTIONS[2:] if optim == "LAMB" else FUSEDOPTIM_OPTIONS
 
 
 @dataclasses.dataclass(frozen=True)

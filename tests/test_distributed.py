@@ -154,8 +154,8 @@ def gathered(value):
     return value
 
 
-# fusedoptim's own param-group options (max_grad_norm, norm_type, state_dtype, master_weights).
-FUSEDOPTIM_GROUP_KEYS = ("max_grad_norm", "norm_type", "state_dtype", "master_weights")
+# fusedoptim's own param-group options.
+FUSEDOPTIM_GROUP_KEYS = ("max_grad_norm", "norm_type", "state_dtype", "master_weights", "stochastic_rounding")
 
 def assert_same(actual, expected, where, tol):
     """fusedoptim's (gathered) structure against torch's: same keys, types, placements, values."""

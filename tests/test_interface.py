@@ -72,7 +72,8 @@ def test_constructor_signature_matches_torch(optim):
     # torch's, then fusedoptim's own keyword-only options.
     own = list(fusedoptim_options(optim))
     assert list(sf) == list(st) + own
-    defaults = {"max_grad_norm": None, "norm_type": 2.0, "state_dtype": None, "master_weights": False}
+    defaults = {"max_grad_norm": None, "norm_type": 2.0, "state_dtype": None, "master_weights": False,
+                "stochastic_rounding": False}
     assert [(sf[n].kind, sf[n].default) for n in own] == [(inspect.Parameter.KEYWORD_ONLY, defaults[n]) for n in own]
     for name in st:
         assert sf[name].kind == st[name].kind, name
@@ -84,7 +85,8 @@ def test_defaults_and_groups_match_torch(optim):
     values, _ = _values()
     o_t = torch_cls(optim)(as_params(values))
     o_f = fused_cls(optim)(as_params(values))
-    own = {n: {"norm_type": 2.0, "master_weights": False}.get(n) for n in fusedoptim_options(optim)}  # ours, last
+    own = {n: {"norm_type": 2.0, "master_weights": False, "stochastic_rounding": False}.get(n)
+           for n in fusedoptim_options(optim)}  # ours, last
     assert o_f.defaults == {**o_t.defaults, **own}
     assert list(o_f.defaults) == list(o_t.defaults) + list(own)  # same key order, as printed by repr
     assert_param_groups_match(o_f.param_groups, o_t.param_groups)

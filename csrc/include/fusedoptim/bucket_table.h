@@ -42,6 +42,10 @@ struct BucketTable {
   DType state_dtype = dtype;
   // Slot 0 holds fp32 master weights of the bucket's 16-bit params (master_weights=True).
   bool master_weights = false;
+  // The 16-bit params are rounded stochastically, with this step's seed (NOTE: [Stochastic
+  // rounding] in dtype.h).
+  bool stochastic_rounding = false;
+  uint64_t rounding_seed = 0;
 };
 
 // A piece of one entry, [begin, end) in the entry's own index space: the unit of the

@@ -55,7 +55,8 @@ template <typename R> struct states_read_only<R, decltype(void(R::kReadOnlyState
 // it, store. Slots: param, grad, then the rule's states in order (bucket_table.h). States are
 // stored as StateStorage (NOTE: [State dtypes]); the math type is the param storage's. With
 // kMaster, slot 0 is the param's fp32 master (NOTE: [Master weights]).
-template <template <typename> class Rule, typename Storage, typename StateStorage = Storage, bool kMaster = false>
+template <template <typename> class Rule, typename Storage, typename StateStorage = Storage, bool kMaster = false,
+          bool kStochastic = false>
 struct RuleBody {
   using S = math_t<Storage>;
   using Coefs = math::TensorCoefs<S>;
@@ -65,6 +66,7 @@ struct RuleBody {
   Rule<S> rule;
   S grad_scale = S(1);
   bool scales_grad = false;
+  uint64_t rounding_seed = 0;  // kStochastic: this step's seed (NOTE: [Stochastic rounding])
 
   template <typename Hyper>
   explicit RuleBody(const Hyper& hyper) : rule(hyper) {}
@@ -89,9 +91,26 @@ struct RuleBody {
     }
   }
 
+  // The param rounded stochastically, each lane with the random bits of its flat index.
   template <typename V>
-  FO_INLINE void store_all(const TensorEntry& e, int64_t i, V param, const V* state) const {
-    store(static_cast<ParamStorage*>(e.ptr[kParamSlot]) + i, param);
+  FO_INLINE void store_param_stochastic(Storage* p, V param, int64_t flat) const {
+    constexpr int W = width_of<V>::value;
+    float lanes[W];
+    if constexpr (W > 1) {
+      store(lanes, param);
+    } else {
+      lanes[0] = param;
+    }
+    for (int l = 0; l < W; ++l) store_stochastic(p + l, lanes[l], rounding_bits(rounding_seed, uint64_t(flat + l)));
+  }
+
+  template <typename V>
+  FO_INLINE void store_all(const TensorEntry& e, int64_t i, int64_t flat, V param, const V* state) const {
+    if constexpr (kStochastic) {
+      store_param_stochastic(static_cast<Storage*>(e.ptr[kParamSlot]) + i, param, flat);
+    } else {
+      store(static_cast<ParamStorage*>(e.ptr[kParamSlot]) + i, param);
+    }
     if constexpr (kMaster) store(static_cast<Storage*>(e.ptr[kParam16Slot]) + i, param);
     if (states_read_only<Rule<S>>::value) return;
     for (int k = 0; k < kMaxStates; ++k) {
@@ -99,14 +118,15 @@ struct RuleBody {
     }
   }
 
+  // i: the element's index in its tensor; flat: in the bucket's flat index space.
   template <typename V>
-  FO_INLINE void apply(const TensorEntry& e, const Coefs& coefs, int64_t i) const {
+  FO_INLINE void apply(const TensorEntry& e, const Coefs& coefs, int64_t i, int64_t flat) const {
     V param = load<V>(static_cast<const ParamStorage*>(e.ptr[kParamSlot]) + i);
     const V grad = load_grad<V>(e, i);
     V state[kMaxStates > 0 ? kMaxStates : 1];
     load_states(e, i, state);
     rule.update(param, grad, state, coefs);
-    store_all(e, i, param, state);
+    store_all(e, i, flat, param, state);
   }
 
   // Reduction rules: update the states, store them, then add the element's contributions
@@ -138,9 +158,9 @@ FO_INLINE void sweep(const BucketTable& table, int64_t begin, int64_t end, const
     int64_t j = begin > start ? begin - start : 0;
     const int64_t stop = end - start < entry.numel ? end - start : entry.numel;
     if constexpr (width_of<V>::value > 1) {
-      for (; j + width_of<V>::value <= stop; j += width_of<V>::value) body.template apply<V>(entry, coefs, j);
+      for (; j + width_of<V>::value <= stop; j += width_of<V>::value) body.template apply<V>(entry, coefs, j, start + j);
     }
-    for (; j < stop; ++j) body.template apply<S>(entry, coefs, j);
+    for (; j < stop; ++j) body.template apply<S>(entry, coefs, j, start + j);
   }
 }
 
@@ -166,6 +186,12 @@ FO_INLINE void sweep_storage(const BucketTable& table, const Hyper& hyper, int64
   if constexpr (is_same_type<Storage, bf16_t>::value || is_same_type<Storage, fp16_t>::value) {
     if (table.master_weights) {
       return sweep<Storage>(table, begin, end, RuleBody<Rule, Storage, float, true>(hyper).with_grad_scale(table.grad_scale));
+    }
+    if (table.stochastic_rounding) {  // states in the params' dtype (the host checks)
+      RuleBody<Rule, Storage, Storage, false, true> body(hyper);
+      body.with_grad_scale(table.grad_scale);
+      body.rounding_seed = table.rounding_seed;
+      return sweep<Storage>(table, begin, end, body);
     }
   }
   with_state_storage<Storage>(table, [&](auto state_tag) {

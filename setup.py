@@ -72,6 +72,7 @@ HOST_SOURCES = [
     os.path.join(CSRC, "cpu", "adam_cpu.cpp"),
     os.path.join(CSRC, "cpu", "adamax_cpu.cpp"),
     os.path.join(CSRC, "cpu", "asgd_cpu.cpp"),
+    os.path.join(CSRC, "cpu", "grad_norm_cpu.cpp"),
     os.path.join(CSRC, "cpu", "lamb_cpu.cpp"),
     os.path.join(CSRC, "cpu", "lion_cpu.cpp"),
     os.path.join(CSRC, "cpu", "nadam_cpu.cpp"),

@@ -42,7 +42,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<Bucket>(m, "Bucket")
       .def(py::init([](std::vector<at::Tensor> params, std::vector<std::string> names,
                        std::vector<std::vector<std::optional<at::Tensor>>> states,
-                       std::vector<std::vector<std::optional<at::Tensor>>> scalars, std::vector<int64_t> first_step) {
+                       std::vector<std::vector<std::optional<at::Tensor>>> scalars, std::vector<int64_t> first_step,
+                       std::vector<std::optional<at::Tensor>> masters) {
              auto defined = [](std::vector<std::optional<at::Tensor>>& maybe) {
                std::vector<at::Tensor> out;
                out.reserve(maybe.size());
@@ -53,9 +54,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              for (auto& per_state : states) state_tensors.push_back(defined(per_state));
              for (auto& per_scalar : scalars) scalar_tensors.push_back(defined(per_scalar));
              return new Bucket(std::move(params), std::move(names), std::move(state_tensors),
-                               std::move(scalar_tensors), std::move(first_step));
+                               std::move(scalar_tensors), std::move(first_step), defined(masters));
            }),
-           py::arg("params"), py::arg("names"), py::arg("states"), py::arg("scalars"), py::arg("first_step"))
+           py::arg("params"), py::arg("names"), py::arg("states"), py::arg("scalars"), py::arg("first_step"),
+           py::arg("masters") = std::vector<std::optional<at::Tensor>>{})
       .def("prepare", [](Bucket& b) { return static_cast<int>(b.prepare()); })
       .def_property_readonly("num_entries", &Bucket::num_entries)
       .def_property_readonly("has_strided_grads", &Bucket::has_strided_grads)
@@ -145,6 +147,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              py::gil_scoped_release no_gil;
              lion_step(b, {lr, beta1, beta2, weight_decay, maximize});
            })
+      .def("grad_norm",
+           [](Bucket& b, double norm_type) {
+             const fusedoptim::math::GradNormHyper hyper = grad_norm_hyper(norm_type);
+             py::gil_scoped_release no_gil;
+             return grad_norm(b, hyper);
+           },
+           py::arg("norm_type"))
+      .def("set_grad_scale", &Bucket::set_grad_scale, py::arg("scale"))
+      .def("set_rounding_seed", [](Bucket& b, int64_t seed) { b.set_rounding_seed(static_cast<uint64_t>(seed)); },
+           py::arg("seed"))
       .def("grad_squares",
            [](Bucket& b) {
              py::gil_scoped_release no_gil;
@@ -161,6 +173,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   register_lbfgs(m);
 
   m.def("cuda_kernels_compiled", [] { return fusedoptim::cuda::kernels() != nullptr; });
+
+  // fusedoptim.clip_grad_norm_'s passes over a list of grads: (reduced value, indices of the
+  // grads left to torch) and the indices scale_grad_list left to torch.
+  m.def("grad_norm_list", [](const std::vector<at::Tensor>& grads, double norm_type) {
+    const fusedoptim::math::GradNormHyper hyper = grad_norm_hyper(norm_type);
+    std::vector<int64_t> others;
+    py::gil_scoped_release no_gil;
+    const double reduced = grad_norm_of_list(grads, hyper, others);
+    return std::make_pair(reduced, others);
+  });
+  m.def("scale_grad_list", [](const std::vector<at::Tensor>& grads, double scale) {
+    std::vector<int64_t> others;
+    py::gil_scoped_release no_gil;
+    scale_grad_list(grads, scale, others);
+    return others;
+  });
 
   m.def("cpu_capability", [] { return std::string(capability_name(active_capability())); });
   m.def("set_cpu_capability", [](const std::string& name) { set_active_capability(capability_from_name(name)); });

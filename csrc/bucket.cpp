@@ -20,21 +20,42 @@ DType storage_dtype(at::ScalarType type) {
   }
 }
 
+// The (param, state) storage pairs the kernels have (NOTE: [State dtypes] in cpu/sweep.h).
+bool state_storage_supported(DType param, DType state) {
+  return param == state || (param == DType::kFloat32 && state == DType::kBFloat16) ||
+         ((param == DType::kBFloat16 || param == DType::kFloat16) && state == DType::kFloat32);
+}
+
 }  // namespace
 
 Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
                std::vector<std::vector<at::Tensor>> states, std::vector<std::vector<at::Tensor>> scalars,
-               std::vector<int64_t> first_step)
+               std::vector<int64_t> first_step, std::vector<at::Tensor> masters)
     : params_(std::move(params)), names_(std::move(names)), states_(std::move(states)), scalars_(std::move(scalars)),
-      first_step_(std::move(first_step)), device_(c10::kCPU) {
+      first_step_(std::move(first_step)), masters_(std::move(masters)), device_(c10::kCPU) {
   const size_t n = params_.size();
   TORCH_CHECK(n > 0, "fusedoptim: a bucket needs at least one param");
   device_ = params_[0].device();
   TORCH_CHECK(device_.is_cpu() || device_.is_cuda(), "fusedoptim: no fused kernels for params on ", device_);
   TORCH_CHECK(names_.size() == n && first_step_.size() == n, "fusedoptim: bucket tables of different lengths");
   TORCH_CHECK(static_cast<int>(states_.size()) <= kMaxSlots - kFirstStateSlot, "fusedoptim: too many states");
-  has_slots_ = !states_.empty() || !scalars_.empty();
+  has_slots_ = !states_.empty() || !scalars_.empty() || !masters_.empty();
   dtype_ = storage_dtype(params_[0].scalar_type());
+  // The states' dtype: the params' unless the states given have another (state_dtype).
+  at::ScalarType state_type = params_[0].scalar_type();
+  for (const auto& per_state : states_) {
+    for (const at::Tensor& state : per_state) {
+      if (state.defined()) {
+        state_type = state.scalar_type();
+        break;
+      }
+    }
+    if (state_type != params_[0].scalar_type()) break;
+  }
+  state_dtype_ = storage_dtype(state_type);
+  TORCH_CHECK(state_storage_supported(dtype_, state_dtype_) &&
+                  c10::isComplexType(state_type) == c10::isComplexType(params_[0].scalar_type()),
+              "fusedoptim: no fused kernel for ", params_[0].scalar_type(), " params with ", state_type, " states");
   state_ptrs_.assign(n, {});
   scalar_ptrs_.assign(scalars_.size(), std::vector<void*>(n, nullptr));
   scalar_is_double_.assign(scalars_.size(), std::vector<uint8_t>(n, 0));
@@ -54,9 +75,11 @@ Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
         has_state_[i] = 0;
         continue;
       }
-      TORCH_CHECK(state.device() == device_ && state.is_contiguous() && state.scalar_type() == p.scalar_type() &&
-                      state.numel() == p.numel(),
-                  "fusedoptim: the state of ", names_[i], " must be a contiguous tensor like the param, on ", device_);
+      const bool same_kind = state_dtype_ == dtype_ ? state.scalar_type() == p.scalar_type()
+                                                    : state.scalar_type() == state_type && !p.is_complex();
+      TORCH_CHECK(state.device() == device_ && state.is_contiguous() && same_kind && state.numel() == p.numel(),
+                  "fusedoptim: the state of ", names_[i], " must be a contiguous tensor like the param, on ", device_,
+                  state_dtype_ == dtype_ ? "" : " (of the optimizer's state_dtype)");
       state_ptrs_[i][s] = state.data_ptr();
     }
     for (size_t k = 0; k < scalars_.size(); ++k) {
@@ -77,6 +100,22 @@ Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
       scalar_ptrs_[k][i] = scalar.data_ptr();
       scalar_is_double_[k][i] = scalar.scalar_type() == at::kDouble;
     }
+  }
+  TORCH_CHECK(masters_.empty() || ((dtype_ == DType::kBFloat16 || dtype_ == DType::kFloat16) &&
+                                   !params_[0].is_complex() && masters_.size() == n &&
+                                   (states_.empty() || state_dtype_ == DType::kFloat32)),
+              "fusedoptim: master weights are for bf16/fp16 params with float32 states");
+  master_ptrs_.assign(n, nullptr);
+  for (size_t i = 0; i < masters_.size(); ++i) {
+    const at::Tensor& master = masters_[i];
+    if (!master.defined()) {
+      has_state_[i] = 0;
+      continue;
+    }
+    TORCH_CHECK(master.is_cpu() && master.is_contiguous() && master.scalar_type() == at::kFloat &&
+                    master.numel() == params_[i].numel(),
+                "fusedoptim: the master weights of ", names_[i], " must be a contiguous float32 CPU tensor like the param");
+    master_ptrs_[i] = master.data_ptr();
   }
   entries_.reserve(n);
   prefix_.reserve(n + 1);
@@ -153,6 +192,8 @@ Bucket::Status Bucket::prepare() {
   entry_params_.clear();
   grad_copies_.clear();
   segments_numel_ = 0;
+  grad_scale_ = 1.0;
+  stochastic_rounding_ = false;
   const int64_t n = static_cast<int64_t>(params_.size());
   probes_.resize(n);
   at::parallel_for(0, n, 1024, [&](int64_t begin, int64_t end) { probe(begin, end); });
@@ -178,7 +219,8 @@ Bucket::Status Bucket::prepare() {
     }
     const int64_t numel = storage_numels_[i];
     TensorEntry entry{};
-    entry.ptr[kParamSlot] = probe.param_data;
+    entry.ptr[kParamSlot] = masters_.empty() ? probe.param_data : master_ptrs_[i];
+    if (!masters_.empty()) entry.ptr[kParam16Slot] = probe.param_data;
     entry.ptr[kGradSlot] = probe.grad_data;
     for (size_t s = 0; s < states_.size(); ++s) entry.ptr[kFirstStateSlot + s] = state_ptrs_[i][s];
     entry.numel = numel;
@@ -193,7 +235,15 @@ Bucket::Status Bucket::prepare() {
 }
 
 BucketTable Bucket::table() const {
-  return BucketTable{entries_.data(), prefix_.data(), static_cast<int64_t>(entries_.size()), prefix_.back(), dtype_};
+  return BucketTable{entries_.data(), prefix_.data(), static_cast<int64_t>(entries_.size()), prefix_.back(), dtype_,
+                     grad_scale_, state_dtype_, !masters_.empty(), stochastic_rounding_, rounding_seed_};
+}
+
+void Bucket::set_rounding_seed(uint64_t seed) {
+  TORCH_CHECK((dtype_ == DType::kBFloat16 || dtype_ == DType::kFloat16) && masters_.empty() && state_dtype_ == dtype_,
+              "fusedoptim: stochastic rounding is for bf16/fp16 params without master weights or another state dtype");
+  stochastic_rounding_ = true;
+  rounding_seed_ = seed;
 }
 
 std::vector<void*> Bucket::entry_scalar_ptrs(int k) const {

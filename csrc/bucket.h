@@ -22,17 +22,21 @@ class Bucket {
   // params: every param of the bucket, with or without state. names: how errors name them
   // ("param_groups[0]['params'][3]"). states[s][i]: the tensor holding state s of param i, in
   // the algorithm's slot order, undefined where the param has no state yet; they are the
-  // tensors in optimizer.state[p] (views of flat buffers when the plan allocated them).
+  // tensors in optimizer.state[p] (views of flat buffers when the plan allocated them); they
+  // all have the params' dtype, or all one other dtype the kernels pair with it (state_dtype).
   // scalars[k][i]: param i's 0-dim scalar state k (float32 or float64), if the algorithm keeps
   // any; scalars[0] is the step counter (ASGD adds eta and mu, NAdam mu_product).
   // first_step[i]: 1 while param i's state holds no values yet (SGD's momentum buffer
   // starts as a copy of the grad).
+  // masters[i]: param i's fp32 master weights (master_weights=True, bf16/fp16 params only;
+  // undefined where the param has no state yet), or empty: none (NOTE: [Master weights] in
+  // cpu/sweep.h).
   // Params and states live on one device, the CPU or a CUDA device; scalars on the CPU, or, for
   // a CUDA bucket whose `step` torch keeps on the device (capturable, fused), all on that
   // device in float32 (see device_scalars()).
   Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
          std::vector<std::vector<at::Tensor>> states, std::vector<std::vector<at::Tensor>> scalars,
-         std::vector<int64_t> first_step);
+         std::vector<int64_t> first_step, std::vector<at::Tensor> masters = {});
   ~Bucket();
 
   enum Status : int { kReady = 0, kNeedsRebuild = 1 };
@@ -74,6 +78,12 @@ class Bucket {
   const std::vector<Segment>& segments(int64_t max_numel);
   // Marks the state of every param in the table as holding values.
   void clear_first_steps();
+  // The grad multiplier of this step's table (max_grad_norm's clip coefficient); prepare()
+  // resets it to 1.
+  void set_grad_scale(double scale) { grad_scale_ = scale; }
+  // Rounds this step's 16-bit params stochastically with `seed` (NOTE: [Stochastic rounding]
+  // in dtype.h); prepare() turns it off.
+  void set_rounding_seed(uint64_t seed);
 
  private:
   std::vector<at::Tensor> params_;
@@ -82,6 +92,8 @@ class Bucket {
   std::vector<std::vector<at::Tensor>> scalars_;
   std::vector<int64_t> first_step_;
   std::vector<at::Tensor> grads_;  // empty: the params' own .grad
+  std::vector<at::Tensor> masters_;  // empty: no master weights
+  std::vector<void*> master_ptrs_;
   bool has_slots_;  // whether params need state (and a step) before they can step
   bool device_scalars_ = false;
 
@@ -96,6 +108,7 @@ class Bucket {
   std::vector<int64_t> param_numels_;
   std::vector<int64_t> storage_numels_;  // in storage elements: complex params count twice
   DType dtype_;
+  DType state_dtype_;  // of the elementwise states: dtype_ unless the optimizer's state_dtype
   c10::Device device_;
   std::unique_ptr<cuda::DeviceTableCache> device_table_;
 
@@ -123,6 +136,9 @@ class Bucket {
   std::vector<at::Tensor> grad_copies_;  // contiguous copies of the rare strided grads
   std::vector<Segment> segments_;
   int64_t segments_numel_ = 0;  // the max_numel segments_ was cut with; 0: not cut since prepare()
+  double grad_scale_ = 1.0;
+  bool stochastic_rounding_ = false;
+  uint64_t rounding_seed_ = 0;
 };
 
 }  // namespace fusedoptim

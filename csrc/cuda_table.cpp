@@ -66,6 +66,11 @@ void DeviceTableCache::upload(at::Tensor& buffer, const void* data, size_t bytes
 }
 
 DeviceTable DeviceTableCache::sync(const BucketTable& table, const std::vector<void*>* step_ptrs) {
+  // fusedoptim/optimizer.py sends CUDA params with these options to the reference path.
+  TORCH_CHECK(table.grad_scale == 1.0 && table.state_dtype == table.dtype && !table.master_weights &&
+                  !table.stochastic_rounding,
+              "fusedoptim: max_grad_norm, state_dtype, master_weights and stochastic_rounding are not in the CUDA "
+              "kernels yet");
   const int64_t n = table.num_entries;
   TORCH_CHECK(step_ptrs == nullptr || static_cast<int64_t>(step_ptrs->size()) == n,
               "fusedoptim: ", step_ptrs ? step_ptrs->size() : 0, " device steps for ", n, " table entries");

@@ -179,6 +179,24 @@ Tensor grad_squares(TensorList grads) {
   return at::zeros({}, at::TensorOptions().dtype(at::kDouble)).fill_(total);
 }
 
+// What fusedoptim.clip_grad_norm_ needs of its CPU grads (math/grad_norm.h): grad_norm
+// reduces them to one float64 0-dim value, sum |g|^p or max |g| for inf (complex grads:
+// their real views, so norm_type 2 only); scale_grads_ multiplies them in place.
+Tensor grad_norm(TensorList grads, double norm_type) {
+  const math::GradNormHyper hyper = cpu::grad_norm_hyper(norm_type);
+  for (size_t i = 0; i < grads.size(); ++i)
+    TORCH_CHECK(!grads[i].is_complex() || hyper.kind == math::NormKind::kTwo, "fusedoptim::grad_norm: grads[", i,
+                "] is complex, which only norm_type 2 takes");
+  double total = 0.0;
+  step_lists("grad_norm", grads, grads, {}, {}, false,
+             [&](Bucket& b) { total = cpu::combine_grad_norms(hyper, total, cpu::grad_norm(b, hyper)); });
+  return at::zeros({}, at::TensorOptions().dtype(at::kDouble)).fill_(total);
+}
+
+void scale_grads_(TensorList grads, double scale) {
+  step_lists("scale_grads_", grads, grads, {}, {}, false, [&](Bucket& b) { cpu::scale_grads(b, scale); });
+}
+
 }  // namespace
 
 TORCH_LIBRARY(fusedoptim, m) {
@@ -217,6 +235,8 @@ TORCH_LIBRARY(fusedoptim, m) {
         "bool bias_correction, bool grad_averaging, bool decoupled_weight_decay, bool always_adapt, "
         "bool maximize, float clip) -> ()");
   m.def("grad_squares(Tensor[] grads) -> Tensor");
+  m.def("grad_norm(Tensor[] grads, float norm_type) -> Tensor");
+  m.def("scale_grads_(Tensor(a!)[] grads, float scale) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(fusedoptim, CPU, m) {
@@ -233,6 +253,8 @@ TORCH_LIBRARY_IMPL(fusedoptim, CPU, m) {
   m.impl("lion_", &lion_);
   m.impl("lamb_", &lamb_);
   m.impl("grad_squares", &grad_squares);
+  m.impl("grad_norm", &grad_norm);
+  m.impl("scale_grads_", &scale_grads_);
 }
 
 // The same host code runs CUDA buckets (their kernels launch on the current stream); with a

@@ -14,6 +14,7 @@ from fusedoptim.adam import Adam
 from fusedoptim.adamax import Adamax
 from fusedoptim.adamw import AdamW
 from fusedoptim.asgd import ASGD
+from fusedoptim.clip import clip_grad_norm_
 from fusedoptim.lamb import LAMB
 from fusedoptim.lbfgs import LBFGS
 from fusedoptim.lion import Lion
@@ -43,6 +44,7 @@ __all__ = [
     "LBFGS",
     "FusedOptimizer",
     "ReferencePathWarning",
+    "clip_grad_norm_",
     "available_cpu_capabilities",
     "compiled_cpu_capabilities",
     "cpu_capability",

@@ -1,6 +1,7 @@
 """Fake implementations of the registered ops, torch.ops.fusedoptim.* (csrc/ops.cpp and
 csrc/cpu/lbfgs_cpu.cpp), so torch.compile and torch.library.opcheck can trace them: every step
-op updates its lists in place and returns nothing; grad_squares returns a float64 scalar; the
+op (and scale_grads_) updates its lists in place and returns nothing; grad_squares and
+grad_norm return a float64 scalar; the
 lbfgs_* passes return flat vectors and 0-dim scalars of the flat dtype.
 
 `BUCKET_METHOD_OPS` maps each compiled Bucket method to the op that takes the same
@@ -15,9 +16,10 @@ BUCKET_METHOD_OPS = {name.rstrip("_"): name for name in STEP_OPS}
 
 
 def _register_fakes():
-    for name in STEP_OPS + ("lbfgs_add_step",):
+    for name in STEP_OPS + ("lbfgs_add_step", "scale_grads_"):
         torch.library.register_fake(f"fusedoptim::{name}")(_no_output)
     torch.library.register_fake("fusedoptim::grad_squares")(_grad_squares_fake)
+    torch.library.register_fake("fusedoptim::grad_norm")(_grad_norm_fake)
     for name, fake in _LBFGS_FAKES.items():
         torch.library.register_fake(f"fusedoptim::{name}")(fake)
 
@@ -27,6 +29,10 @@ def _no_output(*args, **kwargs):
 
 
 def _grad_squares_fake(grads):
+    return torch.empty((), dtype=torch.float64)
+
+
+def _grad_norm_fake(grads, norm_type):
     return torch.empty((), dtype=torch.float64)
 
 

@@ -4,7 +4,7 @@ import torch
 from torch.optim import adagrad as _torch_adagrad
 
 from fusedoptim import _reference
-from fusedoptim.optimizer import FusedOptimizer, _lr_is_float32, _scalar
+from fusedoptim.optimizer import OPTIONS_DOC, FusedOptimizer, _lr_is_float32, _scalar, _state_dtype_for
 
 __all__ = ["Adagrad"]
 
@@ -26,6 +26,11 @@ class Adagrad(FusedOptimizer):
         maximize=False,
         differentiable=False,
         fused=None,
+        max_grad_norm=None,
+        norm_type=2.0,
+        state_dtype=None,
+        master_weights=False,
+        stochastic_rounding=False,
     ):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -50,6 +55,11 @@ class Adagrad(FusedOptimizer):
             "maximize": maximize,
             "differentiable": differentiable,
             "fused": fused,
+            "max_grad_norm": max_grad_norm,
+            "norm_type": norm_type,
+            "state_dtype": state_dtype,
+            "master_weights": master_weights,
+            "stochastic_rounding": stochastic_rounding,
         }
         super().__init__(params, defaults)
         # torch.optim.Adagrad creates the state of every param at construction.
@@ -59,7 +69,8 @@ class Adagrad(FusedOptimizer):
                 state["step"] = torch.zeros((), dtype=self._step_dtype(group), device=p.device if group["fused"] else "cpu")
                 value = initial_accumulator_value
                 init_value = complex(value, value) if torch.is_complex(p) else value
-                state["sum"] = torch.full_like(p, init_value, memory_format=torch.preserve_format)
+                state["sum"] = torch.full_like(
+                    p, init_value, memory_format=torch.preserve_format, dtype=_state_dtype_for(group, p))
 
     def _state_names(self, group):
         return ("sum",)
@@ -94,4 +105,4 @@ Adagrad.__doc__ = _torch_adagrad.Adagrad.__doc__ + """
     the CPU or CUDA.
     ``foreach`` and ``fused`` are accepted for compatibility and have no effect there; sparse
     gradients and ``differentiable=True`` take torch's own implementation (the reference path).
-"""
+""" + OPTIONS_DOC

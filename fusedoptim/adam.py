@@ -4,7 +4,7 @@ import torch
 from torch.optim.adam import Adam as _TorchAdam
 
 from fusedoptim import _reference
-from fusedoptim.optimizer import FusedOptimizer, _scalar
+from fusedoptim.optimizer import OPTIONS_DOC, FusedOptimizer, _scalar
 
 __all__ = ["Adam"]
 
@@ -33,6 +33,11 @@ class Adam(FusedOptimizer):
         differentiable=False,
         fused=None,
         decoupled_weight_decay=False,
+        max_grad_norm=None,
+        norm_type=2.0,
+        state_dtype=None,
+        master_weights=False,
+        stochastic_rounding=False,
     ):
         if isinstance(lr, torch.Tensor):
             if foreach and not capturable:
@@ -76,6 +81,11 @@ class Adam(FusedOptimizer):
             "differentiable": differentiable,
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
+            "max_grad_norm": max_grad_norm,
+            "norm_type": norm_type,
+            "state_dtype": state_dtype,
+            "master_weights": master_weights,
+            "stochastic_rounding": stochastic_rounding,
         }
         super().__init__(params, defaults)
 
@@ -150,4 +160,4 @@ Adam.__doc__ = _TorchAdam.__doc__ + """
     ``capturable=True``, CUDA params keep ``step`` on the device as in torch and the step makes
     no host sync (a step kernel advances it; GradScaler's unscaling and skipping happen in the
     kernels); ``differentiable=True`` takes the plain-torch reference path.
-"""
+""" + OPTIONS_DOC

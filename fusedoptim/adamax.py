@@ -4,7 +4,7 @@ import torch
 from torch.optim import adamax as _torch_adamax
 
 from fusedoptim import _reference
-from fusedoptim.optimizer import FusedOptimizer, _lr_is_float32, _scalar
+from fusedoptim.optimizer import OPTIONS_DOC, FusedOptimizer, _lr_is_float32, _scalar
 
 __all__ = ["Adamax"]
 
@@ -27,6 +27,11 @@ class Adamax(FusedOptimizer):
         maximize=False,
         differentiable=False,
         capturable=False,
+        max_grad_norm=None,
+        norm_type=2.0,
+        state_dtype=None,
+        master_weights=False,
+        stochastic_rounding=False,
     ):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -50,6 +55,11 @@ class Adamax(FusedOptimizer):
             "maximize": maximize,
             "differentiable": differentiable,
             "capturable": capturable,
+            "max_grad_norm": max_grad_norm,
+            "norm_type": norm_type,
+            "state_dtype": state_dtype,
+            "master_weights": master_weights,
+            "stochastic_rounding": stochastic_rounding,
         }
         super().__init__(params, defaults)
 
@@ -80,4 +90,4 @@ Adamax.__doc__ = _torch_adamax.Adamax.__doc__ + """
     ``foreach`` is accepted and has no effect; ``capturable=True`` keeps ``step`` on a CUDA
     param's device as torch does, and such params take the reference path for now;
     ``differentiable=True`` takes torch's own implementation (the reference path).
-"""
+""" + OPTIONS_DOC

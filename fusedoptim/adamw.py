@@ -3,6 +3,7 @@
 from torch.optim.adamw import AdamW as _TorchAdamW
 
 from fusedoptim.adam import Adam
+from fusedoptim.optimizer import OPTIONS_DOC
 
 __all__ = ["AdamW"]
 
@@ -22,11 +23,18 @@ class AdamW(Adam):
         capturable=False,
         differentiable=False,
         fused=None,
+        max_grad_norm=None,
+        norm_type=2.0,
+        state_dtype=None,
+        master_weights=False,
+        stochastic_rounding=False,
     ):
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad,
             foreach=foreach, maximize=maximize, capturable=capturable,
             differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
+            max_grad_norm=max_grad_norm, norm_type=norm_type, state_dtype=state_dtype,
+            master_weights=master_weights, stochastic_rounding=stochastic_rounding,
         )
 
     def __setstate__(self, state):
@@ -41,4 +49,4 @@ AdamW.__doc__ = _TorchAdamW.__doc__ + """
     ``capturable=True``, CUDA params keep ``step`` on the device as in torch and the step makes
     no host sync (a step kernel advances it; GradScaler's unscaling and skipping happen in the
     kernels); ``differentiable=True`` takes the plain-torch reference path.
-"""
+""" + OPTIONS_DOC

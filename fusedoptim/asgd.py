@@ -4,7 +4,7 @@ import torch
 from torch.optim import asgd as _torch_asgd
 
 from fusedoptim import _reference
-from fusedoptim.optimizer import FusedOptimizer, _lr_is_float32, _scalar
+from fusedoptim.optimizer import OPTIONS_DOC, FusedOptimizer, _lr_is_float32, _scalar
 
 __all__ = ["ASGD"]
 
@@ -25,6 +25,12 @@ class ASGD(FusedOptimizer):
         maximize=False,
         differentiable=False,
         capturable=False,
+        *,
+        max_grad_norm=None,
+        norm_type=2.0,
+        state_dtype=None,
+        master_weights=False,
+        stochastic_rounding=False,
     ):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -43,6 +49,11 @@ class ASGD(FusedOptimizer):
             "maximize": maximize,
             "differentiable": differentiable,
             "capturable": capturable,
+            "max_grad_norm": max_grad_norm,
+            "norm_type": norm_type,
+            "state_dtype": state_dtype,
+            "master_weights": master_weights,
+            "stochastic_rounding": stochastic_rounding,
         }
         super().__init__(params, defaults)
 
@@ -83,4 +94,4 @@ ASGD.__doc__ = _torch_asgd.ASGD.__doc__ + """
     ``foreach`` is accepted and has no effect; ``capturable=True`` keeps ``step`` on a CUDA
     param's device as torch does, and such params take the reference path for now;
     ``differentiable=True`` takes torch's own implementation (the reference path).
-"""
+""" + OPTIONS_DOC

@@ -55,12 +55,20 @@ class LAMB(FusedOptimizer):
         maximize (bool, optional): maximize the objective instead of minimizing (default: False)
         differentiable (bool, optional): run the step in plain torch ops (the reference path)
             (default: False)
+        state_dtype (torch.dtype, optional): store exp_avg and exp_avg_sq in this dtype
+            (see fusedoptim.Adam's ``state_dtype``) (default: None, the params' dtype)
+        master_weights (bool, optional): fp32 master weights for bf16/fp16 params (see
+            fusedoptim.Adam's ``master_weights``) (default: False)
+        stochastic_rounding (bool, optional): stochastic rounding of bf16/fp16 params (see
+            fusedoptim.Adam's ``stochastic_rounding``) (default: False)
 
     State per param: ``step``, ``exp_avg``, ``exp_avg_sq``, as torch.optim.Adam names them.
     """
 
     _sparse_grad_error = "LAMB does not support sparse gradients"
     _has_step = True
+    # Its max_grad_norm is Apex's (a 2-norm divisor, in the rule), not the base class's.
+    _clips_grads = False
     _group_defaults = {"maximize": False, "differentiable": False}
 
     def __init__(
@@ -78,6 +86,9 @@ class LAMB(FusedOptimizer):
         always_adapt=False,
         maximize=False,
         differentiable=False,
+        state_dtype=None,
+        master_weights=False,
+        stochastic_rounding=False,
     ):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -105,6 +116,9 @@ class LAMB(FusedOptimizer):
             "always_adapt": always_adapt,
             "maximize": maximize,
             "differentiable": differentiable,
+            "state_dtype": state_dtype,
+            "master_weights": master_weights,
+            "stochastic_rounding": stochastic_rounding,
         }
         super().__init__(params, defaults)
 

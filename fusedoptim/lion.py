@@ -34,6 +34,15 @@ class Lion(FusedOptimizer):
         maximize (bool, optional): maximize the objective instead of minimizing (default: False)
         differentiable (bool, optional): run the step in plain torch ops under autograd
             (the reference path) (default: False)
+        max_grad_norm (float, optional): clip the norm of all the optimizer's grads to this
+            before the update, as torch.nn.utils.clip_grad_norm_ would (default: None)
+        norm_type (float, optional): the norm max_grad_norm bounds (default: 2.0)
+        state_dtype (torch.dtype, optional): store exp_avg in this dtype (see
+            fusedoptim.Adam's ``state_dtype``) (default: None, the params' dtype)
+        master_weights (bool, optional): fp32 master weights for bf16/fp16 params (see
+            fusedoptim.Adam's ``master_weights``) (default: False)
+        stochastic_rounding (bool, optional): stochastic rounding of bf16/fp16 params (see
+            fusedoptim.Adam's ``stochastic_rounding``) (default: False)
 
     State per param: ``exp_avg`` (the running average :math:`m`), zeros at first.
     """
@@ -41,7 +50,9 @@ class Lion(FusedOptimizer):
     _sparse_grad_error = "Lion does not support sparse gradients"
     _group_defaults = {"maximize": False, "differentiable": False}
 
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False, differentiable=False):
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False, differentiable=False,
+                 max_grad_norm=None, norm_type=2.0, state_dtype=None, master_weights=False,
+                 stochastic_rounding=False):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if not 0.0 <= lr:
@@ -54,7 +65,9 @@ class Lion(FusedOptimizer):
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         defaults = {
             "lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize,
-            "differentiable": differentiable,
+            "differentiable": differentiable, "max_grad_norm": max_grad_norm, "norm_type": norm_type,
+            "state_dtype": state_dtype, "master_weights": master_weights,
+            "stochastic_rounding": stochastic_rounding,
         }
         super().__init__(params, defaults)
 

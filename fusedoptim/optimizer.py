@@ -26,12 +26,68 @@ NOTE: [DTensor params] in _dtensor.py) and whole groups with differentiable=True
 state tensors. It is correct, just not fused; device, layout and DTensor cases warn once
 (ReferencePathWarning).
 
+NOTE: [max_grad_norm]
+Every fused optimizer but LAMB (whose max_grad_norm is Apex's) takes `max_grad_norm` and
+`norm_type`: a step is then `torch.nn.utils.clip_grad_norm_(all params, max_grad_norm,
+norm_type)` followed by the step, except that the grads are not modified. The norm is over
+every grad of every group, computed once per step and norm type by the fused reduction of
+fusedoptim.clip_grad_norm_ (bucket by bucket, then torch's norms for the reference path's
+grads); its dtype is the grads' promoted dtype, and the coefficient torch's expression
+`clamp(max_grad_norm / (norm + 1e-6), max=1)` in it. The kernels multiply each grad by the
+coefficient as they load it (BucketTable::grad_scale), so clipping costs one extra read of
+the grads, not a scaling pass; reference-path params step on scaled copies of their grads.
+For fp32/fp64 params that is torch's clip + step to the bit given the same coefficient; for
+bf16/fp16 the scaled grad is not rounded to 16 bits before the update as torch's in-place
+clip rounds it. A coefficient of 1 (norm below the max) leaves the step bit-identical to an
+unclipped one. Groups with differentiable=True and DTensor params refuse the option.
+
+NOTE: [State dtypes]
+`state_dtype` (every fused optimizer): the elementwise states of a group's params are stored
+in that dtype while the params keep theirs; the kernels load them into the params' math type
+(fp32 for 16-bit params), update and round them back once per step. The kernels exist for
+fp32 params with bf16 states (half the state memory) and for bf16/fp16 params with fp32
+states (csrc/include/fusedoptim/cpu/sweep.h has why only these); any other pair raises a
+ValueError naming the option when the plan is built, before anything is modified: fp64
+params (an fp64 model wants fp64 moments), fp16 states (their range loses Adam's second
+moment), complex params, params on the reference path (it keeps torch's states), and
+differentiable=True or DTensor params (at construction). A state_dtype equal to the params'
+dtype changes nothing. 0-dim states (step, ...) keep torch's dtypes. `state_dict()` holds the
+states in state_dtype; torch.optim loads them (it casts states to the param dtype), and
+loading any state_dict casts them back into state_dtype buffers.
+
+NOTE: [Master weights]
+`master_weights=True` (every fused optimizer): each bf16/fp16 param of the group gets an fp32
+copy, state key `master_param` (views of one flat buffer per bucket, like the other states,
+made from the param's values on its first step). The kernels update the master with the
+16-bit grad in fp32 and write the param rounded (nearest even) from it in the same pass
+(NOTE: [Master weights] in csrc/include/fusedoptim/cpu/sweep.h), so updates smaller than
+half a 16-bit ulp accumulate instead of vanishing. The states are fp32 then (state_dtype
+None or torch.float32). fp32/fp64 params are untouched by the option (no copy). The master is
+the truth: writing the 16-bit param directly (load_state_dict of the model) does not reach
+it; build the optimizer again, or write `state[p]["master_param"]` too. `state_dict()` holds
+the masters in fp32 and load_state_dict keeps them fp32 (torch's would cast them to the
+param dtype); torch.optim loads such a state_dict and ignores the key (casting it to 16 bits).
+Not with differentiable=True, DTensor params, or params on the reference path (ValueError).
+
+NOTE: [Stochastic rounding]
+`stochastic_rounding=True` (every fused optimizer): the update of a bf16/fp16 param is
+computed in fp32 as always and stored rounded to one of its two 16-bit neighbours at random,
+with the probabilities that make the expected stored value the fp32 result; the states keep
+round-to-nearest. The random bits are a hash of a per-step seed and the element's index
+(NOTE: [Stochastic rounding] in csrc/include/fusedoptim/dtype.h); each step draws one seed
+per 16-bit bucket from torch's default CPU generator, so torch.manual_seed reproduces a run
+and the thread count does not matter. It replaces master weights for memory-bound training,
+so it refuses master_weights=True and a state_dtype (no kernels for those pairs), and, like
+them, differentiable=True, DTensor params and 16-bit params on the reference path.
+
 NOTE: [Failed steps change nothing]
 A step first validates every grad (the compiled prepare() for buckets, `_check_step` for the
 rest) and only then commits a new plan's state views and runs kernels. A new plan
 builds its buffers without touching `self.state`, so an error leaves params and state as they were.
 """
 
+import contextlib
+import math
 import warnings
 
 import torch
@@ -41,6 +97,27 @@ from fusedoptim import _dtensor, _extension
 from fusedoptim._state import StateMap, copy_loaded_tensors
 
 __all__ = ["FusedOptimizer", "ReferencePathWarning"]
+
+# Appended to the docstrings of the optimizers that take these options (NOTE: [max_grad_norm]).
+OPTIONS_DOC = """
+    fusedoptim's options, keyword-only:
+        max_grad_norm (float, optional): clip the norm of all the optimizer's grads (every
+            group) to this before the update: the step is torch.nn.utils.clip_grad_norm_
+            followed by step(), with the clip folded into the update kernel (the grads
+            themselves are left unmodified). None: no clipping (default: None)
+        norm_type (float or 'inf', optional): the p-norm max_grad_norm bounds (default: 2.0)
+        state_dtype (torch.dtype, optional): store the elementwise states (exp_avg, ...) in
+            this dtype while the params keep theirs; the math stays in fp32 (NOTE: [State
+            dtypes] in fusedoptim/optimizer.py). None: the params' dtype (default: None)
+        master_weights (bool, optional): keep an fp32 master copy of each bf16/fp16 param in
+            the state (``master_param``); the update runs on it in fp32 and the param is
+            rounded from it in the same pass (NOTE: [Master weights] in
+            fusedoptim/optimizer.py). No effect on fp32/fp64 params (default: False)
+        stochastic_rounding (bool, optional): round the fp32 result into bf16/fp16 params
+            stochastically (unbiased, reproducible from torch.manual_seed) instead of to
+            nearest; not with master_weights or state_dtype (NOTE: [Stochastic rounding] in
+            fusedoptim/optimizer.py). No effect on fp32/fp64 params (default: False)
+"""
 
 # Element offsets of params inside a flat state buffer are multiples of this, so every
 # param's state starts on a 64-byte boundary (and complex views stay aligned).
@@ -108,12 +185,71 @@ def _tensor_kind(tensor):
     return kind if _dtensor.has_own_memory(tensor) else f"{kind} {type(tensor).__name__} without memory of its own"
 
 
-def _reusable_state(value, param):
-    """Whether an existing state tensor can be swept in place (it stays the live tensor)."""
+def _reusable_state(value, param, dtype):
+    """Whether an existing state tensor can be swept in place (it stays the live tensor):
+    a contiguous CPU tensor of the param's shape and the state dtype `dtype`."""
     return (
         isinstance(value, torch.Tensor) and value.device == param.device and value.layout == torch.strided
-        and value.dtype == param.dtype and value.shape == param.shape and value.is_contiguous()
+        and value.dtype == dtype and value.shape == param.shape and value.is_contiguous()
     )
+
+
+# The state dtypes the kernels pair with each param dtype (NOTE: [State dtypes]).
+_STATE_DTYPE_PAIRS = {torch.float32: (torch.bfloat16,), torch.bfloat16: (torch.float32,), torch.float16: (torch.float32,)}
+_STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _state_dtype_for(group, param):
+    """The dtype of `param`'s elementwise states in `group`; ValueError if the kernels have
+    no such pair (NOTE: [State dtypes])."""
+    wanted = group.get("state_dtype")
+    if _uses_master(group, param):
+        return torch.float32  # _check_group_options allowed None and float32 only
+    if wanted is None or wanted == param.dtype:
+        return param.dtype
+    if param.is_complex() or wanted not in _STATE_DTYPE_PAIRS.get(param.dtype, ()):
+        raise ValueError(
+            f"state_dtype={wanted} is not supported for {param.dtype} params: the fused kernels store "
+            "bfloat16 states for float32 params and float32 states for bfloat16 and float16 params")
+    return wanted
+
+
+def _uses_state_dtype(group, param):
+    """Whether `group`'s state_dtype differs from what `param`'s states would be anyway."""
+    wanted = group.get("state_dtype")
+    return wanted is not None and wanted != param.dtype
+
+
+def _uses_master(group, param):
+    """Whether `param` gets fp32 master weights in `group` (NOTE: [Master weights])."""
+    return bool(group.get("master_weights")) and param.dtype in (torch.bfloat16, torch.float16)
+
+
+def _uses_stochastic_rounding(group, param):
+    """Whether `param`'s update is rounded stochastically in `group` (NOTE: [Stochastic rounding])."""
+    return bool(group.get("stochastic_rounding")) and param.dtype in (torch.bfloat16, torch.float16)
+
+
+def _cuda_lacks_option(group, param):
+    """The option of `group` the CUDA kernels don't implement yet for CUDA `param`, or None: such
+    params take the reference path (where state_dtype, master_weights and stochastic_rounding
+    then raise, and max_grad_norm steps on scaled grad copies)."""
+    if param.device.type != "cuda":
+        return None
+    if group.get("max_grad_norm") is not None:
+        return "max_grad_norm"
+    return _refused_on_reference_path(group, param)
+
+
+def _refused_on_reference_path(group, param):
+    """The option of `group` the reference path can't honour for `param`, or None."""
+    if _uses_master(group, param):
+        return "master_weights"
+    if _uses_stochastic_rounding(group, param):
+        return "stochastic_rounding"
+    if _uses_state_dtype(group, param):
+        return "state_dtype"
+    return None
 
 
 def _reusable_scalar(value, device):
@@ -146,6 +282,10 @@ class _Bucket:
             self.kernel_params = kernel_params = [_dtensor.local_alias(p) for p in params]
         else:
             self.kernel_params = kernel_params = params
+        self.has_complex = any(p.is_complex() for p in params)
+        state_dtype = _state_dtype_for(group, kernel_params[0])  # the same for the whole bucket
+        self.master = _uses_master(group, kernel_params[0])
+        self.stochastic = _uses_stochastic_rounding(group, kernel_params[0])
         self.state_names = state_names = optimizer._state_names(group)
         self.scalar_names = scalar_names = optimizer._scalar_names(group)
         step_dtype = optimizer._step_dtype(group)
@@ -172,7 +312,7 @@ class _Bucket:
                     raise KeyError(name)
                 value = st.get(name)
                 local = value._local_tensor if _dtensor.is_dtensor(value) else value
-                if not copy_existing and _reusable_state(local, kernel_params[i]):
+                if not copy_existing and _reusable_state(local, kernel_params[i], state_dtype):
                     self.states[name][i] = local
                     self.state_values[name][i] = value
                 else:
@@ -183,7 +323,7 @@ class _Bucket:
                     self.scalars[name][i] = value
                 else:
                     needs_scalar[name].append(i)
-        dtype = _real_dtype(params[0].dtype)
+        dtype = _real_dtype(state_dtype)
         for name, indices in needs_storage.items():
             offsets, total = [], 0
             for i in indices:
@@ -215,11 +355,37 @@ class _Bucket:
                     continue
                 values[k] = _scalar(old) if old is not None else optimizer._initial_scalar(group, name)
                 self.scalars[name][i] = values[k]
+        self.masters = self._masters(slot_states, copy_existing) if self.master else [None] * n
         first_step = [int(optimizer._first_step(st)) if st is not None else 0 for st in slot_states]
         self.compiled = _extension._C.Bucket(
             kernel_params, names, [self.states[name] for name in state_names],
-            [self.scalars[name] for name in scalar_names], first_step,
+            [self.scalars[name] for name in scalar_names], first_step, self.masters if self.master else [],
         )
+
+    def _masters(self, slot_states, copy_existing):
+        """Each param's fp32 master weights: its state's when reusable, else a view of one new
+        flat buffer holding the loaded master or the param's values (NOTE: [Master weights])."""
+        masters = [None] * len(self.params)
+        needs = []
+        for i, st in enumerate(slot_states):
+            if st is None:
+                continue
+            old = st.get("master_param")
+            if not copy_existing and _reusable_state(old, self.params[i], torch.float32):
+                masters[i] = old
+            else:
+                needs.append(i)
+        offsets, total = [], 0
+        for i in needs:
+            offsets.append(total)
+            total += -(-self.params[i].numel() // _OFFSET_ALIGNMENT) * _OFFSET_ALIGNMENT
+        buffer = torch.empty(total, dtype=torch.float32)
+        for i, offset in zip(needs, offsets):
+            view = _flat_view(buffer, offset, self.params[i])
+            old = slot_states[i].get("master_param")
+            view.copy_(old.detach() if isinstance(old, torch.Tensor) else self.params[i].detach())
+            masters[i] = view
+        return masters
 
     def commit(self, state):
         """Puts this bucket's state tensors into `state` under torch's keys, in torch's order."""
@@ -233,6 +399,8 @@ class _Bucket:
             for name in self.state_names:
                 if entry.get(name) is not self.state_values[name][i]:
                     dict.__setitem__(entry, name, self.state_values[name][i])
+            if self.master and entry.get("master_param") is not self.masters[i]:
+                dict.__setitem__(entry, "master_param", self.masters[i])
 
     def attach_local_grads(self):
         """Gives each local alias its DTensor grad's local tensor, for the compiled prepare().
@@ -262,6 +430,12 @@ class _Plan:
         for g, group in enumerate(optimizer.param_groups):
             params = group["params"]
             fused, reference = optimizer._split_group(g, group)
+            for i in reference:
+                option = _refused_on_reference_path(group, params[i])
+                if option is not None:
+                    raise ValueError(
+                        f"{option} is not supported for param_groups[{g}]['params'][{i}]: it takes the "
+                        f"plain-torch reference path ({_tensor_kind(params[i])}), which keeps torch's states")
             by_kind = {}
             for i in fused:
                 kind = (_real_dtype(params[i].dtype), params[i].device, _dtensor.reduction_key(params[i]))
@@ -273,7 +447,7 @@ class _Plan:
                 existing = optimizer.state.get(p)
                 if existing:
                     return existing
-                if not after_load and p.grad is not None and optimizer._wants_state(group):
+                if not after_load and p.grad is not None and (optimizer._wants_state(group) or _uses_master(group, p)):
                     return {}
                 return None
 
@@ -329,6 +503,28 @@ class _Plan:
         self.state_version = state.version
 
 
+def _rounding_seed():
+    """A 64-bit seed from torch's default CPU generator (NOTE: [Stochastic rounding])."""
+    return int(torch.empty((), dtype=torch.int64).random_())
+
+
+@contextlib.contextmanager
+def _scaled_grads(params, coef):
+    """Within the block, each param's grad is its grad times `coef` (as torch's clip_grad_norm_
+    multiplies it); the param's own grad is put back after."""
+    if coef is None:
+        yield
+        return
+    grads = [p.grad for p in params]
+    try:
+        for p, grad in zip(params, grads):
+            p.grad = grad.mul(coef.to(grad.device))
+        yield
+    finally:
+        for p, grad in zip(params, grads):
+            p.grad = grad
+
+
 class FusedOptimizer(Optimizer):
     """A torch.optim.Optimizer whose step() runs fused kernels over buckets.
 
@@ -340,6 +536,13 @@ class FusedOptimizer(Optimizer):
     _has_step = False
     # Options torch.optim's __setstate__ restores for optimizers pickled before they existed.
     _group_defaults = {}
+    # Whether the optimizer takes max_grad_norm and norm_type (NOTE: [max_grad_norm]).
+    _clips_grads = True
+
+    def _own_defaults(self):
+        """fusedoptim's own group options and their defaults (torch.optim has none of them)."""
+        clip = {"max_grad_norm": None, "norm_type": 2.0} if self._clips_grads else {}
+        return {**clip, "state_dtype": None, "master_weights": False, "stochastic_rounding": False}
 
     def __init__(self, params, defaults):
         super().__init__(params, defaults)
@@ -385,6 +588,7 @@ class FusedOptimizer(Optimizer):
         return (
             tuple(self._state_names(group)), tuple(self._scalar_names(group)), self._reference_group(group),
             self._step_dtype(group), _keeps_step_on_device(group) and self._device_steps(group),
+            group.get("state_dtype"), bool(group.get("master_weights")), bool(group.get("stochastic_rounding")),
         )
 
     # Algorithms whose fused host code does not replay torch's arithmetic in the dtype of Tensor
@@ -437,21 +641,98 @@ class FusedOptimizer(Optimizer):
         if self._sparse_grad_error is not None and any(p.grad.is_sparse for p in reference_params):
             raise RuntimeError(self._sparse_grad_error)
 
+    def _check_group_options(self, group):
+        """Raise, naming the option, for a group whose options this optimizer can't honour."""
+        state_dtype = group["state_dtype"]
+        if state_dtype is not None:
+            if state_dtype not in _STATE_DTYPES:
+                raise ValueError(f"Invalid state_dtype value: {state_dtype}")
+            if group.get("differentiable"):
+                raise ValueError("state_dtype is not supported with differentiable=True")
+            if any(_dtensor.is_dtensor(p) for p in group["params"]):
+                raise ValueError("state_dtype is not supported with DTensor params yet")
+        master = group["master_weights"]
+        if not isinstance(master, bool):
+            raise ValueError(f"Invalid master_weights value: {master}")
+        if master:
+            if group.get("differentiable"):
+                raise ValueError("master_weights is not supported with differentiable=True")
+            if any(_dtensor.is_dtensor(p) for p in group["params"]):
+                raise ValueError("master_weights is not supported with DTensor params yet")
+            if state_dtype not in (None, torch.float32):
+                raise ValueError(
+                    f"state_dtype={state_dtype} is not supported with master_weights=True: master weights keep "
+                    "float32 states")
+        stochastic = group["stochastic_rounding"]
+        if not isinstance(stochastic, bool):
+            raise ValueError(f"Invalid stochastic_rounding value: {stochastic}")
+        if stochastic:
+            if master:
+                raise ValueError("stochastic_rounding and master_weights=True cannot be used together")
+            if state_dtype is not None:
+                raise ValueError(f"state_dtype={state_dtype} is not supported with stochastic_rounding=True")
+            if group.get("differentiable"):
+                raise ValueError("stochastic_rounding is not supported with differentiable=True")
+            if any(_dtensor.is_dtensor(p) for p in group["params"]):
+                raise ValueError("stochastic_rounding is not supported with DTensor params yet")
+        if not self._clips_grads:
+            return
+        max_norm, norm_type = group["max_grad_norm"], group["norm_type"]
+        try:
+            norm_value = float(norm_type)
+        except (TypeError, ValueError):
+            norm_value = math.nan
+        if not norm_value > 0:
+            raise ValueError(f"Invalid norm_type value: {norm_type}")
+        if max_norm is None:
+            return
+        if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm > 0:
+            raise ValueError(f"Invalid max_grad_norm value: {max_norm}")
+        if group.get("differentiable"):
+            raise ValueError("max_grad_norm is not supported with differentiable=True")
+
+    def _check_clip_params(self):
+        """The global norm of max_grad_norm covers every group: none may hold DTensors."""
+        if not self._clips_grads or all(group["max_grad_norm"] is None for group in self.param_groups):
+            return
+        if any(_dtensor.is_dtensor(p) for group in self.param_groups for p in group["params"]):
+            raise ValueError(
+                "max_grad_norm is not supported with DTensor params yet: use torch.nn.utils.clip_grad_norm_")
+
     # ---- torch.optim interface ------------------------------------------------------
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
+        try:
+            self._check_group_options(self.param_groups[-1])
+            self._check_clip_params()
+        except ValueError:
+            self.param_groups.pop()
+            raise
         self._plan = None
 
     def load_state_dict(self, state_dict):
+        # A torch.optim state_dict has no clip options: the groups keep this optimizer's
+        # (torch's __setstate__ would reset them to None and 2.0).
+        absent = [[key for key in self._own_defaults() if key not in saved] for saved in state_dict["param_groups"]]
+        # torch's load casts every floating state to its param's dtype: keep the fp32 masters.
+        saved_ids = [i for saved in state_dict["param_groups"] for i in saved["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        masters = {p: state_dict["state"][i]["master_param"] for i, p in zip(saved_ids, params)
+                   if "master_param" in state_dict["state"].get(i, {})}
         super().load_state_dict(state_dict)
+        for p, master in masters.items():
+            dict.__setitem__(self.state[p], "master_param", master.detach().to(p.device, torch.float32, copy=True))
+        for group, keys in zip(self.param_groups, absent):
+            for key in keys:
+                group[key] = self.defaults[key]
         # Pack the loaded state into flat buffers now: the optimizer then never aliases the
         # loaded dict's tensors, and the next step finds its plan ready.
         self._plan = None
         packed = set()
         try:
             plan = _Plan(self, after_load=True) if _extension.extension_available() else None
-        except KeyError:
-            plan = None  # the loaded state lacks a buffer the groups need: the step raises
+        except (KeyError, ValueError):
+            plan = None  # the loaded state lacks a buffer the groups need, or a state_dtype: the step raises
         if plan is not None:
             plan.commit(self.state)
             self._plan = plan
@@ -471,6 +752,8 @@ class FusedOptimizer(Optimizer):
         # 0-dim states pickled as Python numbers become tensors.
         for group in self.param_groups:
             for key, value in self._group_defaults.items():
+                group.setdefault(key, value)
+            for key, value in self._own_defaults().items():
                 group.setdefault(key, value)
             on_device = bool(group.get("capturable") or group.get("fused"))
             for p in group["params"]:
@@ -521,6 +804,9 @@ class FusedOptimizer(Optimizer):
             elif self._lacks_step_kernel(group, p):
                 unsupported.append(f"{_tensor_kind(p)} with the step on the device (capturable or fused)")
                 reference.append(i)
+            elif _cuda_lacks_option(group, p) is not None:
+                unsupported.append(f"{_tensor_kind(p)} with {_cuda_lacks_option(group, p)}")
+                reference.append(i)
             elif grad is not None and (grad.layout != torch.strided or not _dtensor.has_own_memory(grad)):
                 reference.append(i)
             else:
@@ -544,6 +830,8 @@ class FusedOptimizer(Optimizer):
             return False, f"DTensor of local {_tensor_kind(local)}"
         if self._lacks_step_kernel(group, local):
             return False, f"DTensor of local {_tensor_kind(local)} with the step on the device (capturable or fused)"
+        if _cuda_lacks_option(group, local) is not None:
+            return False, f"DTensor of local {_tensor_kind(local)} with {_cuda_lacks_option(group, local)}"
         if not _dtensor.local_placements(p):
             return False, f"DTensor on {p.placements}"
         why_whole = self._needs_whole_tensor(group)
@@ -604,6 +892,49 @@ class FusedOptimizer(Optimizer):
         if grads:
             torch._foreach_div_(grads, grad_scale.reshape(()).to(grads[0].device))
 
+    def _clip_coefficients(self, plan):
+        """Per group of the plan, its clip coefficient (a 0-dim tensor) or None (NOTE:
+        [max_grad_norm]); None if no group clips."""
+        if not self._clips_grads or all(group["max_grad_norm"] is None for group, _, _ in plan.groups):
+            return None
+        norms = {}
+        coefs = []
+        for group, _, _ in plan.groups:
+            if group["max_grad_norm"] is None:
+                coefs.append(None)
+                continue
+            norm_type = float(group["norm_type"])
+            if norm_type not in norms:
+                norms[norm_type] = self._global_grad_norm(plan, norm_type)
+            total = norms[norm_type]
+            coefs.append(None if total is None else torch.clamp(float(group["max_grad_norm"]) / (total + 1e-6), max=1.0))
+        return coefs
+
+    def _global_grad_norm(self, plan, norm_type):
+        """The norm of every grad of the plan as torch.nn.utils.get_total_norm gives it (its
+        dtype; on the CPU unless only other devices' grads have one), None without grads."""
+        from fusedoptim.clip import _combine_norms, _combine_reduced, _norm_of_reduced
+
+        reduced, dtype, others = None, None, []
+        for _, buckets, reference in plan.groups:
+            for bucket in buckets:
+                if not bucket.compiled.num_entries:
+                    continue
+                if (bucket.has_complex and norm_type != 2.0) or bucket.kernel_params[0].device.type != "cpu":
+                    # The fused grad norm is a CPU kernel: torch's for CUDA buckets' grads.
+                    others += [p.grad for p in bucket.params if p.grad is not None]
+                    continue
+                value = bucket.compiled.grad_norm(norm_type)
+                reduced = value if reduced is None else _combine_reduced(reduced, value, norm_type)
+                real = _real_dtype(bucket.params[0].dtype)
+                dtype = real if dtype is None else torch.promote_types(dtype, real)
+            others += [p.grad for p in reference if p.grad is not None]
+        if reduced is None:
+            return torch.nn.utils.get_total_norm(others, norm_type) if others else None
+        for grad in others:
+            dtype = torch.promote_types(dtype, _real_dtype(grad.dtype))
+        return _combine_norms(_norm_of_reduced(reduced, norm_type), others, dtype, torch.device("cpu"), norm_type)
+
     # NOTE: [Steps under torch.compile]
     # Inside a torch.compile'd training step, dynamo would trace into step() up to the first
     # call into the extension and compile the Python around it, specializing on every
@@ -639,10 +970,16 @@ class FusedOptimizer(Optimizer):
         plan = self._ready_plan()
         fused = reference = 0
         try:
-            for group, buckets, reference_params in plan.groups:
+            coefs = self._clip_coefficients(plan)
+            for g, (group, buckets, reference_params) in enumerate(plan.groups):
+                coef = coefs[g] if coefs else None
                 for bucket in buckets:
                     if not bucket.compiled.num_entries:
                         continue
+                    if coef is not None:
+                        bucket.compiled.set_grad_scale(coef.item() if coef.device.type == "cpu" else coef.cpu().item())
+                    if bucket.stochastic:
+                        bucket.compiled.set_rounding_seed(_rounding_seed())
                     if device_amp:
                         device = bucket.kernel_params[0].device
                         self._fused_step(group, bucket.compiled, device_amp=(
@@ -655,7 +992,8 @@ class FusedOptimizer(Optimizer):
                 with_grad = [p for p in reference_params if p.grad is not None]
                 if with_grad:
                     version = self.state.version
-                    self._reference_step(group, with_grad)
+                    with _scaled_grads(with_grad, coef):
+                        self._reference_step(group, with_grad)
                     if plan.state_version == version:
                         plan.state_version = self.state.version  # the reference path's own state
                     reference += len(with_grad)

@@ -4,7 +4,7 @@ import torch
 from torch.optim import radam as _torch_radam
 
 from fusedoptim import _reference
-from fusedoptim.optimizer import FusedOptimizer, _scalar
+from fusedoptim.optimizer import OPTIONS_DOC, FusedOptimizer, _scalar
 
 __all__ = ["RAdam"]
 
@@ -31,6 +31,11 @@ class RAdam(FusedOptimizer):
         maximize=False,
         capturable=False,
         differentiable=False,
+        max_grad_norm=None,
+        norm_type=2.0,
+        state_dtype=None,
+        master_weights=False,
+        stochastic_rounding=False,
     ):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -55,6 +60,11 @@ class RAdam(FusedOptimizer):
             "capturable": capturable,
             "decoupled_weight_decay": decoupled_weight_decay,
             "differentiable": differentiable,
+            "max_grad_norm": max_grad_norm,
+            "norm_type": norm_type,
+            "state_dtype": state_dtype,
+            "master_weights": master_weights,
+            "stochastic_rounding": stochastic_rounding,
         }
         super().__init__(params, defaults)
 
@@ -86,4 +96,4 @@ RAdam.__doc__ = _torch_radam.RAdam.__doc__ + """
     ``foreach`` is accepted and has no effect; ``capturable=True`` keeps ``step`` on a CUDA
     param's device as torch does, and such params take the reference path for now;
     ``differentiable=True`` takes torch's own implementation (the reference path).
-"""
+""" + OPTIONS_DOC

@@ -4,7 +4,7 @@ import torch
 from torch.optim.sgd import SGD as _TorchSGD
 
 from fusedoptim import _reference
-from fusedoptim.optimizer import FusedOptimizer, _scalar
+from fusedoptim.optimizer import OPTIONS_DOC, FusedOptimizer, _scalar
 
 __all__ = ["SGD"]
 
@@ -23,6 +23,11 @@ class SGD(FusedOptimizer):
         foreach=None,
         differentiable=False,
         fused=None,
+        max_grad_norm=None,
+        norm_type=2.0,
+        state_dtype=None,
+        master_weights=False,
+        stochastic_rounding=False,
     ):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -43,6 +48,11 @@ class SGD(FusedOptimizer):
             "foreach": foreach,
             "differentiable": differentiable,
             "fused": fused,
+            "max_grad_norm": max_grad_norm,
+            "norm_type": norm_type,
+            "state_dtype": state_dtype,
+            "master_weights": master_weights,
+            "stochastic_rounding": stochastic_rounding,
         }
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
@@ -83,4 +93,4 @@ SGD.__doc__ = _TorchSGD.__doc__ + """
     the CPU or CUDA.
     ``foreach`` and ``fused`` are accepted for compatibility and have no effect there;
     sparse gradients and ``differentiable=True`` take the plain-torch reference path.
-"""
+""" + OPTIONS_DOC

@@ -28,6 +28,15 @@ TORCH_OPTIM_NAMES = (
 # Optimizers torch.optim does not have: compared with tests/reference_optimizers.py
 EXTRA_OPTIM_NAMES = ("LAMB", "Lion")
 OPTIM_NAMES = TORCH_OPTIM_NAMES + EXTRA_OPTIM_NAMES
+# Options fusedoptim adds to every optimizer (not in the registry: no torch class has them),
+# in signature order.
+FUSEDOPTIM_OPTIONS = ("max_grad_norm", "norm_type", "state_dtype", "master_weights", "stochastic_rounding")
+
+
+def fusedoptim_options(optim):
+    """fusedoptim's own options of `optim`, last in its signature (LAMB's max_grad_norm is its
+    own, Apex's, and it has no norm_type)."""
+    return FUSEDOPTIM_OPTIONS[2:] if optim == "LAMB" else FUSEDOPTIM_OPTIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -501,7 +510,11 @@ def _check_registry_coverage():
         # torch's constructor for torch's algorithms; fusedoptim's own for LAMB and Lion
         cls = getattr(torch.optim, name) if name in TORCH_OPTIM_NAMES else getattr(fusedoptim, name)
         sig = inspect.signature(cls.__init__)
-        options = [p for p in sig.parameters if p not in ("self", "params")]
+        # fusedoptim's own options on every optimizer are tested in their own files
+        # (tests/test_max_grad_norm.py, tests/test_state_dtype.py), as torch has no class to
+        # compare them with; LAMB's max_grad_norm is its own (Apex's) and stays here.
+        own = fusedoptim_options(name)
+        options = [p for p in sig.parameters if p not in ("self", "params") and p not in own]
         used = set()
         for c in cfgs:
             assert c.optim == name, (name, c)

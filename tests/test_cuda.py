@@ -337,3 +337,37 @@ def test_grad_scaler_unscales_and_skips_in_the_kernels(dtype):
         torch.testing.assert_close(pf, pt, **tol)
         assert f_opt.state[pf]["step"].item() == t_opt.state[pt]["step"].item() == 4
         assert f_opt.state[pf]["step"].is_cuda
+
+
+@pytest.mark.filterwarnings("ignore::fusedoptim.ReferencePathWarning")
+def test_max_grad_norm_on_cuda_takes_the_reference_path_and_clips():
+    """The CUDA kernels don't fold the clip coefficient in yet: such params step on the
+    reference path, on clipped grad copies, and match clip_grad_norm_ + torch's step."""
+    values = make_param_values([(4097,), (33,)], torch.float32, seed=13)
+    grads = [[g.cuda() * 10 for g in gs] for gs in make_grad_values([(4097,), (33,)], torch.float32, seed=1300)]
+    t_params, f_params = as_params([v.cuda() for v in values]), as_params([v.cuda() for v in values])
+    t_opt = torch.optim.AdamW(t_params, lr=1e-2)
+    f_opt = fusedoptim.AdamW(f_params, lr=1e-2, max_grad_norm=1.0)
+    for gs in grads:
+        for p, g in zip(t_params, gs):
+            p.grad = g.clone()
+        torch.nn.utils.clip_grad_norm_(t_params, 1.0)
+        t_opt.step()
+        for p, g in zip(f_params, gs):
+            p.grad = g.clone()
+        f_opt.step()
+    assert_reference_path(f_opt)
+    for pf, pt in zip(f_params, t_params):
+        torch.testing.assert_close(pf, pt, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("option", [dict(state_dtype=torch.bfloat16), dict(master_weights=True),
+                                    dict(stochastic_rounding=True)])
+def test_precision_options_raise_for_cuda_params(option):
+    dtype = torch.float32 if "state_dtype" in option else torch.bfloat16
+    param = torch.zeros(17, dtype=dtype, device="cuda", requires_grad=True)
+    param.grad = torch.ones_like(param)
+    opt = fusedoptim.Adam([param], lr=1e-2, **option)
+    with pytest.warns(fusedoptim.ReferencePathWarning), pytest.raises(ValueError, match=next(iter(option))):
+        opt.step()
+    assert torch.equal(param, torch.zeros_like(param))

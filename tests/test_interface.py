@@ -14,7 +14,7 @@ from torch.optim.optimizer import (
 )
 
 import fusedoptim
-from optim_configs import OPTIM_NAMES, OptimConfig, TensorHP
+from optim_configs import OPTIM_NAMES, OptimConfig, TensorHP, fusedoptim_options
 from helpers import (
     NUM_STEPS,
     accepts,
@@ -69,7 +69,12 @@ def test_classes_subclass_torch_optimizer(optim):
 def test_constructor_signature_matches_torch(optim):
     st = inspect.signature(torch_cls(optim).__init__).parameters
     sf = inspect.signature(fused_cls(optim).__init__).parameters
-    assert list(sf) == list(st)
+    # torch's, then fusedoptim's own keyword-only options.
+    own = list(fusedoptim_options(optim))
+    assert list(sf) == list(st) + own
+    defaults = {"max_grad_norm": None, "norm_type": 2.0, "state_dtype": None, "master_weights": False,
+                "stochastic_rounding": False}
+    assert [(sf[n].kind, sf[n].default) for n in own] == [(inspect.Parameter.KEYWORD_ONLY, defaults[n]) for n in own]
     for name in st:
         assert sf[name].kind == st[name].kind, name
         assert sf[name].default == st[name].default, (name, sf[name].default, st[name].default)
@@ -80,10 +85,12 @@ def test_defaults_and_groups_match_torch(optim):
     values, _ = _values()
     o_t = torch_cls(optim)(as_params(values))
     o_f = fused_cls(optim)(as_params(values))
-    assert o_f.defaults == o_t.defaults
-    assert list(o_f.defaults) == list(o_t.defaults)  # same key order, as printed by repr
+    own = {n: {"norm_type": 2.0, "master_weights": False, "stochastic_rounding": False}.get(n)
+           for n in fusedoptim_options(optim)}  # ours, last
+    assert o_f.defaults == {**o_t.defaults, **own}
+    assert list(o_f.defaults) == list(o_t.defaults) + list(own)  # same key order, as printed by repr
     assert_param_groups_match(o_f.param_groups, o_t.param_groups)
-    assert [type(v) for v in o_f.defaults.values()] == [type(v) for v in o_t.defaults.values()]
+    assert [type(v) for v in o_f.defaults.values()] == [type(v) for v in {**o_t.defaults, **own}.values()]
     if optim == "AdamW":
         assert o_f.defaults["weight_decay"] == 1e-2
     # before any step: the same state as torch (empty, except Adagrad's, made at construction)

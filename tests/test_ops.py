@@ -146,6 +146,29 @@ def test_grad_squares():
     torch.library.opcheck(torch.ops.fusedoptim.grad_squares.default, (grads,))
 
 
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, float("inf"), 3.0], ids=str)
+def test_grad_norm_and_scale_grads(norm_type):
+    """The two ops of fusedoptim.clip_grad_norm_ (tests/test_clip.py compares it with torch)."""
+    grads = _make_params(3)
+    flat = torch.cat([g.double().reshape(-1) for g in grads])
+    expected = flat.abs().max() if norm_type == float("inf") else flat.abs().pow(norm_type).sum()
+    result = torch.ops.fusedoptim.grad_norm(grads, norm_type)
+    assert result.dtype == torch.float64 and result.shape == ()
+    torch.testing.assert_close(result, expected, rtol=1e-14, atol=0)
+    torch.library.opcheck(torch.ops.fusedoptim.grad_norm.default, (grads, norm_type))
+    scaled = [g.clone() for g in grads]
+    torch.ops.fusedoptim.scale_grads_(scaled, 0.3)
+    assert all(torch.equal(s, g * 0.3) for s, g in zip(scaled, grads))
+    torch.library.opcheck(torch.ops.fusedoptim.scale_grads_.default, ([g.clone() for g in grads], 0.3))
+
+
+def test_grad_norm_rejects_what_it_cannot_reduce():
+    with pytest.raises(ValueError, match="norm_type > 0"):
+        torch.ops.fusedoptim.grad_norm([torch.ones(3)], 0.0)
+    with pytest.raises(RuntimeError, match="complex, which only norm_type 2 takes"):
+        torch.ops.fusedoptim.grad_norm([torch.ones(3, dtype=torch.complex64)], 1.0)
+
+
 def test_op_traces_into_a_compiled_graph():
     params, grads = _make_params(0), _make_params(1)
     exp_avgs = [torch.zeros_like(p) for p in params]
@@ -260,4 +283,4 @@ def test_lbfgs_op_rejects_params_it_cannot_flatten():
 def test_every_registered_op_is_checked():
     registered = {name.split("::")[1] for name in torch._C._dispatch_get_all_op_names()
                   if name.startswith("fusedoptim::")}
-    assert registered == set(STEP_OPS) | {"grad_squares"} | set(LBFGS_OPCHECK_CASES)
+    assert registered == set(STEP_OPS) | {"grad_squares", "grad_norm", "scale_grads_"} | set(LBFGS_OPCHECK_CASES)

@@ -76,14 +76,17 @@ const char* capability_name(CpuCapability capability) {
 const KernelTable& kernels_for(CpuCapability capability) {
 #define FO_SCALAR_KERNEL(name, Rule, Hyper) scalar::name##_range,
 #define FO_SCALAR_REDUCTION(name, Rule, Hyper) scalar::name##_segments,
-  static const KernelTable scalar_kernels{FO_ELEMENTWISE_RULES(FO_SCALAR_KERNEL) FO_REDUCTION_RULES(FO_SCALAR_REDUCTION)};
+  static const KernelTable scalar_kernels{FO_ELEMENTWISE_RULES(FO_SCALAR_KERNEL) FO_REDUCTION_RULES(FO_SCALAR_REDUCTION)
+                                              scalar::grad_norm_segments, scalar::scale_grads_range};
 #if FO_X86
 #define FO_AVX2_KERNEL(name, Rule, Hyper) avx2::name##_range,
 #define FO_AVX2_REDUCTION(name, Rule, Hyper) avx2::name##_segments,
 #define FO_AVX512_KERNEL(name, Rule, Hyper) avx512::name##_range,
 #define FO_AVX512_REDUCTION(name, Rule, Hyper) avx512::name##_segments,
-  static const KernelTable avx2_kernels{FO_ELEMENTWISE_RULES(FO_AVX2_KERNEL) FO_REDUCTION_RULES(FO_AVX2_REDUCTION)};
-  static const KernelTable avx512_kernels{FO_ELEMENTWISE_RULES(FO_AVX512_KERNEL) FO_REDUCTION_RULES(FO_AVX512_REDUCTION)};
+  static const KernelTable avx2_kernels{FO_ELEMENTWISE_RULES(FO_AVX2_KERNEL) FO_REDUCTION_RULES(FO_AVX2_REDUCTION)
+                                            avx2::grad_norm_segments, avx2::scale_grads_range};
+  static const KernelTable avx512_kernels{FO_ELEMENTWISE_RULES(FO_AVX512_KERNEL) FO_REDUCTION_RULES(FO_AVX512_REDUCTION)
+                                              avx512::grad_norm_segments, avx512::scale_grads_range};
   if (capability == CpuCapability::kAvx512) return avx512_kernels;
   if (capability == CpuCapability::kAvx2) return avx2_kernels;
 #endif

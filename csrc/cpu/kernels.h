@@ -9,6 +9,7 @@
 #include "fusedoptim/math/adam.h"
 #include "fusedoptim/math/adamax.h"
 #include "fusedoptim/math/asgd.h"
+#include "fusedoptim/math/grad_norm.h"
 #include "fusedoptim/math/lamb.h"
 #include "fusedoptim/math/lion.h"
 #include "fusedoptim/math/nadam.h"
@@ -53,6 +54,10 @@ constexpr int kNumCapabilities = 3;
 struct KernelTable {
   FO_ELEMENTWISE_RULES(FO_KERNEL_FIELD)
   FO_REDUCTION_RULES(FO_REDUCTION_FIELD)
+  // Over the grads only (math/grad_norm.h): the global grad norm's reduction (one double per
+  // segment) and the clip's scaling pass.
+  void (*grad_norm)(const BucketTable&, const math::GradNormHyper&, const Segment*, int64_t, int64_t, double*);
+  void (*scale_grads)(const BucketTable&, const math::GradScaleHyper&, int64_t, int64_t);
 };
 #undef FO_KERNEL_FIELD
 #undef FO_REDUCTION_FIELD
@@ -61,10 +66,13 @@ struct KernelTable {
   void name##_range(const BucketTable&, const math::Hyper&, int64_t, int64_t);
 #define FO_DECLARE_REDUCTION(name, Rule, Hyper) \
   void name##_segments(const BucketTable&, const math::Hyper&, const Segment*, int64_t, int64_t, double*);
-#define FO_DECLARE_ISA_KERNELS(isa)             \
-  namespace isa {                               \
-  FO_ELEMENTWISE_RULES(FO_DECLARE_KERNEL)       \
-  FO_REDUCTION_RULES(FO_DECLARE_REDUCTION)      \
+#define FO_DECLARE_ISA_KERNELS(isa)                                                                      \
+  namespace isa {                                                                                        \
+  FO_ELEMENTWISE_RULES(FO_DECLARE_KERNEL)                                                                \
+  FO_REDUCTION_RULES(FO_DECLARE_REDUCTION)                                                               \
+  void grad_norm_segments(const BucketTable&, const math::GradNormHyper&, const Segment*, int64_t, int64_t, \
+                          double*);                                                                      \
+  void scale_grads_range(const BucketTable&, const math::GradScaleHyper&, int64_t, int64_t);             \
   }
 FO_DECLARE_ISA_KERNELS(scalar)
 FO_DECLARE_ISA_KERNELS(avx2)

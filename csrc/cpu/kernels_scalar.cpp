@@ -20,6 +20,15 @@ namespace scalar {
 FO_ELEMENTWISE_RULES(FO_DEFINE_KERNEL)
 FO_REDUCTION_RULES(FO_DEFINE_REDUCTION)
 
+void grad_norm_segments(const BucketTable& table, const math::GradNormHyper& hyper, const Segment* segments,
+                        int64_t first, int64_t last, double* out) {
+  grad_norm_bucket(table, hyper, segments, first, last, out);
+}
+
+void scale_grads_range(const BucketTable& table, const math::GradScaleHyper& hyper, int64_t begin, int64_t end) {
+  scale_grads_bucket(table, hyper, begin, end);
+}
+
 }  // namespace scalar
 }  // namespace cpu
 }  // namespace fusedoptim

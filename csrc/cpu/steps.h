@@ -25,6 +25,19 @@ void rprop_step(Bucket& bucket, const math::RpropHyper& hyper);
 void lion_step(Bucket& bucket, const math::LionHyper& hyper);
 // The sum of the squares of every grad element of the bucket (for global grad-norm clipping).
 double grad_squares(Bucket& bucket);
+// The global grad norm (math/grad_norm.h): the kernel variant for a norm type (raises for
+// norm types <= 0), how two partial results combine, and a bucket's grads reduced to one
+// value: sum |g|^p, or max |g| for inf (the caller takes the 1/p power).
+math::GradNormHyper grad_norm_hyper(double norm_type);
+double combine_grad_norms(const math::GradNormHyper& hyper, double a, double b);
+double grad_norm(Bucket& bucket, const math::GradNormHyper& hyper);
+// Multiplies every grad of the bucket by scale, in the grads' math type (clip_grad_norm_).
+void scale_grads(Bucket& bucket, double scale);
+// The same over a list of tensors without a Bucket (NOTE: [Grad lists without buckets]);
+// the indices of the tensors the kernels can't take are appended to `others`.
+double grad_norm_of_list(const std::vector<at::Tensor>& grads, const math::GradNormHyper& hyper,
+                         std::vector<int64_t>& others);
+void scale_grad_list(const std::vector<at::Tensor>& grads, double scale, std::vector<int64_t>& others);
 void lamb_step(Bucket& bucket, const math::LambHyper& hyper, double lr, bool bias_correction, bool always_adapt);
 
 }  // namespace cpu

@@ -1,5 +1,6 @@
 // Storage types of params and states, and their conversions to the math type.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -71,6 +72,49 @@ FO_HOST_DEVICE FO_INLINE fp16_t to_fp16(float f) {
   const uint32_t nonsign = exp_bits + mantissa_bits;
   return fp16_t{uint16_t((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign))};
 }
+
+// NOTE: [Stochastic rounding]
+// stochastic_rounding=True rounds a 16-bit param's fp32 result to one of its two 16-bit
+// neighbours with probabilities that make the expected value the fp32 result (a value a
+// quarter of the way up rounds up one time in four), so updates below half an ulp survive on
+// average. The random bits are counter-based: a hash of (the step's seed, the element's flat
+// index in its bucket), so a result depends on neither the thread count nor the instruction
+// set, and the host draws one 64-bit seed per bucket and step from torch's default
+// generator (torch.manual_seed reproduces a run). bf16: the fp32 bits plus 16 random low
+// bits, truncated. fp16: the nearest half and its other neighbour, the other one chosen with
+// probability |x - nearest| / ulp. NaN and infinities stay as round-to-nearest gives them;
+// fp16 values of magnitude >= 65504 too (their upper neighbour would be infinity).
+FO_HOST_DEVICE FO_INLINE uint32_t fo_mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x846CA68Bu;
+  x ^= x >> 16;
+  return x;
+}
+
+FO_HOST_DEVICE FO_INLINE uint32_t rounding_bits(uint64_t seed, uint64_t index) {
+  return fo_mix32(fo_mix32(uint32_t(index) ^ uint32_t(seed)) + uint32_t(index >> 32) * 0x9E3779B9u +
+                  uint32_t(seed >> 32));
+}
+
+FO_HOST_DEVICE FO_INLINE bf16_t to_bf16_stochastic(float f, uint32_t bits) {
+  if (f != f) return bf16_t{0x7FC0};
+  return bf16_t{uint16_t((float_bits(f) + (bits >> 16)) >> 16)};
+}
+
+FO_HOST_DEVICE FO_INLINE fp16_t to_fp16_stochastic(float f, uint32_t bits) {
+  const fp16_t nearest = to_fp16(f);
+  const float a = to_float(nearest);
+  if (!(fabsf(f) < 65504.0f) || a == f) return nearest;
+  const fp16_t other{uint16_t(fabsf(a) < fabsf(f) ? nearest.bits + 1 : nearest.bits - 1)};
+  const float b = to_float(other);
+  const float chance = (f - a) / (b - a);  // exact differences: both within a half ulp of f
+  return float(bits >> 8) * 0x1.0p-24f < chance ? other : nearest;
+}
+
+FO_HOST_DEVICE FO_INLINE void store_stochastic(bf16_t* p, float v, uint32_t bits) { *p = to_bf16_stochastic(v, bits); }
+FO_HOST_DEVICE FO_INLINE void store_stochastic(fp16_t* p, float v, uint32_t bits) { *p = to_fp16_stochastic(v, bits); }
 
 // Scalar load/store between a storage type and its math type.
 FO_HOST_DEVICE FO_INLINE float load_scalar(const float* p) { return *p; }

@@ -27,6 +27,8 @@ template <> struct Loader<float> {
 };
 template <> struct Loader<double> {
   static double load(const double* p) { return *p; }
+  // Widening loads of the other storage types (the grad-norm reductions sum in double).
+  template <typename Storage> static double load(const Storage* p) { return double(load_scalar(p)); }
 };
 template <typename V, typename Storage> FO_INLINE V load(const Storage* p) { return Loader<V>::load(p); }
 template <typename Storage> FO_INLINE void store(Storage* p, float v) { store_scalar(p, v); }
@@ -125,6 +127,15 @@ template <> struct Loader<Vec16f> {
 };
 template <> struct Loader<Vec8d> {
   static FO_INLINE Vec8d load(const double* p) { return Vec8d(_mm512_loadu_pd(p)); }
+  // Widening loads: 8 elements of another storage type as doubles (grad-norm reductions).
+  static FO_INLINE Vec8d load(const float* p) { return Vec8d(_mm512_cvtps_pd(_mm256_loadu_ps(p))); }
+  static FO_INLINE Vec8d load(const bf16_t* p) {
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return Vec8d(_mm512_cvtps_pd(_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))));
+  }
+  static FO_INLINE Vec8d load(const fp16_t* p) {
+    return Vec8d(_mm512_cvtps_pd(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))));
+  }
 };
 
 FO_INLINE void store(float* p, Vec16f x) { _mm512_storeu_ps(p, x.v); }
@@ -229,6 +240,15 @@ template <> struct Loader<Vec8f> {
 };
 template <> struct Loader<Vec4d> {
   static FO_INLINE Vec4d load(const double* p) { return Vec4d(_mm256_loadu_pd(p)); }
+  // Widening loads: 4 elements of another storage type as doubles (grad-norm reductions).
+  static FO_INLINE Vec4d load(const float* p) { return Vec4d(_mm256_cvtps_pd(_mm_loadu_ps(p))); }
+  static FO_INLINE Vec4d load(const bf16_t* p) {
+    const __m128i wide = _mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    return Vec4d(_mm256_cvtps_pd(_mm_castsi128_ps(_mm_slli_epi32(wide, 16))));
+  }
+  static FO_INLINE Vec4d load(const fp16_t* p) {
+    return Vec4d(_mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)))));
+  }
 };
 
 FO_INLINE void store(float* p, Vec8f x) { _mm256_storeu_ps(p, x.v); }

@@ -239,7 +239,10 @@ TORCH_LIBRARY(fusedoptim, m) {
   m.def("scale_grads_(Tensor(a!)[] grads, float scale) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(fusedoptim, CPU, m) {
+namespace {
+
+// The step ops, for each dispatch key whose tensors the buckets take.
+void impl_step_ops(torch::Library& m) {
   m.impl("sgd_", &sgd_);
   m.impl("adam_", &adam_);
   m.impl("adadelta_", &adadelta_);
@@ -252,27 +255,20 @@ TORCH_LIBRARY_IMPL(fusedoptim, CPU, m) {
   m.impl("rprop_", &rprop_);
   m.impl("lion_", &lion_);
   m.impl("lamb_", &lamb_);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fusedoptim, CPU, m) {
+  impl_step_ops(m);
   m.impl("grad_squares", &grad_squares);
   m.impl("grad_norm", &grad_norm);
   m.impl("scale_grads_", &scale_grads_);
 }
 
 // The same host code runs CUDA buckets (their kernels launch on the current stream); with a
-// CPU-only build a CUDA bucket raises when it is made. grad_squares is CPU only (LAMB reads its
-// sum on the host).
-TORCH_LIBRARY_IMPL(fusedoptim, CUDA, m) {
-  m.impl("sgd_", &sgd_);
-  m.impl("adam_", &adam_);
-  m.impl("adadelta_", &adadelta_);
-  m.impl("adagrad_", &adagrad_);
-  m.impl("adamax_", &adamax_);
-  m.impl("asgd_", &asgd_);
-  m.impl("nadam_", &nadam_);
-  m.impl("radam_", &radam_);
-  m.impl("rmsprop_", &rmsprop_);
-  m.impl("rprop_", &rprop_);
-  m.impl("lion_", &lion_);
-  m.impl("lamb_", &lamb_);
-}
+// CPU-only build a CUDA bucket raises when it is made. The grad reductions and scaling are CPU
+// passes (fusedoptim.clip_grad_norm_ gives CUDA grads to torch).
+TORCH_LIBRARY_IMPL(fusedoptim, CUDA, m) { impl_step_ops(m); }
 
 }  // namespace fusedoptim

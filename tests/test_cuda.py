@@ -165,21 +165,25 @@ def test_thousands_of_tensors_in_one_bucket(optim):
                                rtol=1e-5, atol=1e-6)
 
 
-def test_cpu_and_cuda_params_in_one_group_form_separate_buckets():
-    shapes = [(17,), (33,), (5, 3)]
-    values = make_param_values(shapes, torch.float32, seed=6)
-    grads = make_grad_values(shapes, torch.float32, seed=600)
-    devices = ["cpu", "cuda", "cpu"]
+def _run_on_devices(optim, values, grads, devices):
+    """torch.optim and fusedoptim side by side on one group of params on `devices`, lr 1e-2."""
     t_params = [v.to(d).requires_grad_() for v, d in zip(values, devices)]
     f_params = [v.to(d).requires_grad_() for v, d in zip(values, devices)]
-    t_opt = torch.optim.AdamW(t_params, lr=1e-2)
-    f_opt = fusedoptim.AdamW(f_params, lr=1e-2)
+    t_opt, f_opt = torch_cls(optim)(t_params, lr=1e-2), fused_cls(optim)(f_params, lr=1e-2)
     for gs in grads:
         for ps in (t_params, f_params):
             for p, g, d in zip(ps, gs, devices):
                 p.grad = g.to(d)
         t_opt.step()
         f_opt.step()
+    return t_opt, f_opt, t_params, f_params
+
+
+def test_cpu_and_cuda_params_in_one_group_form_separate_buckets():
+    shapes = [(17,), (33,), (5, 3)]
+    values = make_param_values(shapes, torch.float32, seed=6)
+    grads = make_grad_values(shapes, torch.float32, seed=600)
+    t_opt, f_opt, t_params, f_params = _run_on_devices("AdamW", values, grads, ["cpu", "cuda", "cpu"])
     assert_fused_path(f_opt)
     for pf, pt in zip(f_params, t_params):
         assert pf.device == pt.device
@@ -193,16 +197,7 @@ def test_cpu_and_cuda_params_in_one_group_form_separate_buckets():
 def test_params_on_two_gpus():
     values = make_param_values([(33,), (65,)], torch.float32, seed=7)
     grads = make_grad_values([(33,), (65,)], torch.float32, seed=700)
-    devices = ["cuda:0", "cuda:1"]
-    t_params = [v.to(d).requires_grad_() for v, d in zip(values, devices)]
-    f_params = [v.to(d).requires_grad_() for v, d in zip(values, devices)]
-    t_opt, f_opt = torch.optim.Adam(t_params, lr=1e-2), fusedoptim.Adam(f_params, lr=1e-2)
-    for gs in grads:
-        for ps in (t_params, f_params):
-            for p, g, d in zip(ps, gs, devices):
-                p.grad = g.to(d)
-        t_opt.step()
-        f_opt.step()
+    t_opt, f_opt, t_params, f_params = _run_on_devices("Adam", values, grads, ["cuda:0", "cuda:1"])
     assert_fused_path(f_opt)
     for pf, pt in zip(f_params, t_params):
         torch.testing.assert_close(pf, pt, rtol=1e-5, atol=1e-6)

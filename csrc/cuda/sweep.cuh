@@ -38,11 +38,6 @@ __device__ FO_INLINE int64_t entry_containing(const DeviceTable& table, int64_t 
   return lo;
 }
 
-template <typename R, typename = void> struct reads_states_only { static constexpr bool value = false; };
-template <typename R> struct reads_states_only<R, decltype(void(R::kReadOnlyStates))> {
-  static constexpr bool value = R::kReadOnlyStates;
-};
-
 // W storage elements, loaded and stored as one 16-byte access.
 template <typename Storage>
 struct alignas(16) Pack {
@@ -117,7 +112,7 @@ struct CudaRuleBody {
     }
     rule.update(param, grad, state, coefs);
     store_scalar(static_cast<Storage*>(e.ptr[kParamSlot]) + i, param);
-    if constexpr (!reads_states_only<Rule<S>>::value) {
+    if constexpr (!math::states_read_only<Rule<S>>::value) {
       for (int k = 0; k < kMaxStates; ++k) {
         if (k < rule.num_states) store_scalar(static_cast<Storage*>(e.ptr[kFirstStateSlot + k]) + i, state[k]);
       }
@@ -153,7 +148,7 @@ struct CudaRuleBody {
     }
     store_pack<Storage>(e.ptr[kParamSlot], pack, param_pack);
     if (unscale) store_pack<Storage>(e.ptr[kGradSlot], pack, grad_pack);
-    if constexpr (!reads_states_only<Rule<S>>::value) {
+    if constexpr (!math::states_read_only<Rule<S>>::value) {
       for (int k = 0; k < kMaxStates; ++k) {
         if (k < rule.num_states) store_pack<Storage>(e.ptr[kFirstStateSlot + k], pack, state_pack[k]);
       }

@@ -37,11 +37,6 @@ template <typename A> struct is_same_type<A, A> { static constexpr bool value = 
 template <bool B, typename T, typename F> struct pick_type { using type = T; };
 template <typename T, typename F> struct pick_type<false, T, F> { using type = F; };
 
-// Whether a rule only reads its states (LAMB's apply pass): then they are not stored back.
-template <typename R, typename = void> struct states_read_only { static constexpr bool value = false; };
-template <typename R> struct states_read_only<R, decltype(void(R::kReadOnlyStates))> {
-  static constexpr bool value = R::kReadOnlyStates;
-};
 
 // NOTE: [Master weights]
 // With master_weights=True a 16-bit param has an fp32 master copy (the optimizer state
@@ -112,7 +107,7 @@ struct RuleBody {
       store(static_cast<ParamStorage*>(e.ptr[kParamSlot]) + i, param);
     }
     if constexpr (kMaster) store(static_cast<Storage*>(e.ptr[kParam16Slot]) + i, param);
-    if (states_read_only<Rule<S>>::value) return;
+    if (math::states_read_only<Rule<S>>::value) return;
     for (int k = 0; k < kMaxStates; ++k) {
       if (k < rule.num_states) store(static_cast<StateStorage*>(e.ptr[kFirstStateSlot + k]) + i, state[k]);
     }

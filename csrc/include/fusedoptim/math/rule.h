@@ -26,6 +26,12 @@ inline namespace FO_ISA {
 // doubles through float casts instead is not safe: GCC's vectorizer merged such a chain into
 // float operations that skipped one of the roundings.)
 
+// Whether a rule only reads its states (LAMB's apply pass): then no backend stores them back.
+template <typename R, typename = void> struct states_read_only { static constexpr bool value = false; };
+template <typename R> struct states_read_only<R, decltype(void(R::kReadOnlyStates))> {
+  static constexpr bool value = R::kReadOnlyStates;
+};
+
 // A table entry's per-tensor coefficients in the math type (see TensorEntry::coef).
 template <typename S>
 struct TensorCoefs {

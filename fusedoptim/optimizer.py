@@ -187,7 +187,7 @@ def _tensor_kind(tensor):
 
 def _reusable_state(value, param, dtype):
     """Whether an existing state tensor can be swept in place (it stays the live tensor):
-    a contiguous CPU tensor of the param's shape and the state dtype `dtype`."""
+    a contiguous tensor on the param's device, of its shape and the state dtype `dtype`."""
     return (
         isinstance(value, torch.Tensor) and value.device == param.device and value.layout == torch.strided
         and value.dtype == dtype and value.shape == param.shape and value.is_contiguous()

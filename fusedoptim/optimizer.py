@@ -804,8 +804,8 @@ class FusedOptimizer(Optimizer):
             elif self._lacks_step_kernel(group, p):
                 unsupported.append(f"{_tensor_kind(p)} with the step on the device (capturable or fused)")
                 reference.append(i)
-            elif _cuda_lacks_option(group, p) is not None:
-                unsupported.append(f"{_tensor_kind(p)} with {_cuda_lacks_option(group, p)}")
+            elif (option := _cuda_lacks_option(group, p)) is not None:
+                unsupported.append(f"{_tensor_kind(p)} with {option}")
                 reference.append(i)
             elif grad is not None and (grad.layout != torch.strided or not _dtensor.has_own_memory(grad)):
                 reference.append(i)
@@ -830,8 +830,8 @@ class FusedOptimizer(Optimizer):
             return False, f"DTensor of local {_tensor_kind(local)}"
         if self._lacks_step_kernel(group, local):
             return False, f"DTensor of local {_tensor_kind(local)} with the step on the device (capturable or fused)"
-        if _cuda_lacks_option(group, local) is not None:
-            return False, f"DTensor of local {_tensor_kind(local)} with {_cuda_lacks_option(group, local)}"
+        if (option := _cuda_lacks_option(group, local)) is not None:
+            return False, f"DTensor of local {_tensor_kind(local)} with {option}"
         if not _dtensor.local_placements(p):
             return False, f"DTensor on {p.placements}"
         why_whole = self._needs_whole_tensor(group)
@@ -959,15 +959,18 @@ class FusedOptimizer(Optimizer):
             self.state = StateMap(self.state)
         grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         device_amp = False  # NOTE: [Device steps and GradScaler]: the kernels unscale and skip
-        if (grad_scale is not None or found_inf is not None) and self._has_step:
-            device_amp = self._ready_plan().amp_on_device()  # the state a first step creates, as below
+        if (grad_scale is not None or found_inf is not None) and self._has_step and any(
+            _keeps_step_on_device(group) and self._device_steps(group) for group in self.param_groups
+        ):
+            plan = self._ready_plan()  # the state a first step creates, as _skip_overflowed_step
+            device_amp = plan.amp_on_device()
         if not device_amp:
             if found_inf is not None and found_inf.item() != 0:
                 self._skip_overflowed_step()
                 return loss
             if grad_scale is not None:
                 self._unscale_grads(grad_scale)
-        plan = self._ready_plan()
+            plan = self._ready_plan()
         fused = reference = 0
         try:
             coefs = self._clip_coefficients(plan)

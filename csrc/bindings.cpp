@@ -154,9 +154,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              return grad_norm(b, hyper);
            },
            py::arg("norm_type"))
+      .def("device_grad_norm",
+           [](Bucket& b, double norm_type) {
+             const fusedoptim::math::GradNormHyper hyper = grad_norm_hyper(norm_type);
+             py::gil_scoped_release no_gil;
+             return b.device_grad_norm(hyper);
+           },
+           py::arg("norm_type"))
       .def("set_grad_scale", &Bucket::set_grad_scale, py::arg("scale"))
+      .def("set_device_grad_scale", &Bucket::set_device_grad_scale, py::arg("scale"))
       .def("set_rounding_seed", [](Bucket& b, int64_t seed) { b.set_rounding_seed(static_cast<uint64_t>(seed)); },
            py::arg("seed"))
+      .def("set_rounding_step", &Bucket::set_rounding_step, py::arg("step"))
       .def("grad_squares",
            [](Bucket& b) {
              py::gil_scoped_release no_gil;

@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
+#include "cpu/dispatch.h"
 #include "cuda_table.h"
 
 namespace fusedoptim {
@@ -112,9 +113,10 @@ Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
       has_state_[i] = 0;
       continue;
     }
-    TORCH_CHECK(master.is_cpu() && master.is_contiguous() && master.scalar_type() == at::kFloat &&
+    TORCH_CHECK(master.device() == device_ && master.is_contiguous() && master.scalar_type() == at::kFloat &&
                     master.numel() == params_[i].numel(),
-                "fusedoptim: the master weights of ", names_[i], " must be a contiguous float32 CPU tensor like the param");
+                "fusedoptim: the master weights of ", names_[i], " must be a contiguous float32 tensor like the param, on ",
+                device_);
     master_ptrs_[i] = master.data_ptr();
   }
   entries_.reserve(n);
@@ -193,6 +195,7 @@ Bucket::Status Bucket::prepare() {
   grad_copies_.clear();
   segments_numel_ = 0;
   grad_scale_ = 1.0;
+  device_grad_scale_ = at::Tensor();
   stochastic_rounding_ = false;
   const int64_t n = static_cast<int64_t>(params_.size());
   probes_.resize(n);
@@ -235,15 +238,41 @@ Bucket::Status Bucket::prepare() {
 }
 
 BucketTable Bucket::table() const {
-  return BucketTable{entries_.data(), prefix_.data(), static_cast<int64_t>(entries_.size()), prefix_.back(), dtype_,
-                     grad_scale_, state_dtype_, !masters_.empty(), stochastic_rounding_, rounding_seed_};
+  BucketTable table{entries_.data(), prefix_.data(), static_cast<int64_t>(entries_.size()), prefix_.back(), dtype_,
+                    grad_scale_, state_dtype_, !masters_.empty(), stochastic_rounding_, rounding_seed_};
+  if (device_grad_scale_.defined()) table.device_grad_scale = device_grad_scale_.const_data_ptr<double>();
+  if (stochastic_rounding_ && rounding_step_.defined()) {
+    table.device_rounding_step = rounding_step_.const_data_ptr<int64_t>();
+  }
+  return table;
+}
+
+void Bucket::set_grad_scale(double scale) {
+  TORCH_CHECK(device_.is_cpu(), "fusedoptim: a CUDA bucket takes its clip coefficient as a device tensor");
+  grad_scale_ = scale;
+}
+
+void Bucket::set_device_grad_scale(at::Tensor scale) {
+  TORCH_CHECK(device_.is_cuda() && scale.device() == device_ && scale.scalar_type() == at::kDouble &&
+                  scale.numel() == 1,
+              "fusedoptim: the clip coefficient of a CUDA bucket is a one-element float64 tensor on ", device_);
+  device_grad_scale_ = std::move(scale);
 }
 
 void Bucket::set_rounding_seed(uint64_t seed) {
   TORCH_CHECK((dtype_ == DType::kBFloat16 || dtype_ == DType::kFloat16) && masters_.empty() && state_dtype_ == dtype_,
               "fusedoptim: stochastic rounding is for bf16/fp16 params without master weights or another state dtype");
+  TORCH_CHECK(device_.is_cpu() || rounding_step_.defined(),
+              "fusedoptim: stochastic rounding on CUDA needs the bucket's step counter (set_rounding_step)");
   stochastic_rounding_ = true;
   rounding_seed_ = seed;
+}
+
+void Bucket::set_rounding_step(at::Tensor step) {
+  TORCH_CHECK(device_.is_cuda() && step.device() == device_ && step.scalar_type() == at::kLong && step.numel() == 1,
+              "fusedoptim: the stochastic rounding counter of a CUDA bucket is a one-element int64 tensor on ",
+              device_);
+  rounding_step_ = std::move(step);
 }
 
 std::vector<void*> Bucket::entry_scalar_ptrs(int k) const {
@@ -282,6 +311,11 @@ void Bucket::set_scalar(int k, size_t entry, double value) {
 }
 
 bool Bucket::scalar_is_double(int k, size_t entry) const { return scalar_is_double_[k][entry_params_[entry]] != 0; }
+
+at::Tensor Bucket::device_grad_norm(const math::GradNormHyper& hyper) {
+  TORCH_CHECK(device_table_ != nullptr, "fusedoptim: device_grad_norm is for CUDA buckets");
+  return device_table_->grad_norm(table(), hyper, segments(cpu::kSegmentNumel));
+}
 
 const std::vector<Segment>& Bucket::segments(int64_t max_numel) {
   if (segments_numel_ == max_numel) return segments_;  // LAMB with clipping asks twice a step

@@ -11,6 +11,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "fusedoptim/bucket_table.h"
+#include "fusedoptim/math/grad_norm.h"
 
 namespace fusedoptim {
 namespace cuda {
@@ -78,12 +79,22 @@ class Bucket {
   const std::vector<Segment>& segments(int64_t max_numel);
   // Marks the state of every param in the table as holding values.
   void clear_first_steps();
-  // The grad multiplier of this step's table (max_grad_norm's clip coefficient); prepare()
-  // resets it to 1.
-  void set_grad_scale(double scale) { grad_scale_ = scale; }
+  // The grad multiplier of this step's table (max_grad_norm's clip coefficient) of a CPU
+  // bucket; prepare() resets it to 1.
+  void set_grad_scale(double scale);
+  // A CUDA bucket's clip coefficient: a one-element float64 tensor on its device, read by the
+  // kernels (NOTE: [Precision options on CUDA] in csrc/cuda/sweep.cuh); prepare() drops it.
+  void set_device_grad_scale(at::Tensor scale);
+  // The global grad norm's reduced value of this CUDA bucket's grads (math/grad_norm.h), as a
+  // 0-dim float64 tensor on its device; no host sync.
+  at::Tensor device_grad_norm(const math::GradNormHyper& hyper);
   // Rounds this step's 16-bit params stochastically with `seed` (NOTE: [Stochastic rounding]
-  // in dtype.h); prepare() turns it off.
+  // in dtype.h); prepare() turns it off. A CUDA bucket mixes the seed with its rounding step
+  // counter, which must be set first.
   void set_rounding_seed(uint64_t seed);
+  // A CUDA bucket's stochastic-rounding step counter: a one-element int64 tensor on its device
+  // that the host advances on the stream before each step; kept until replaced.
+  void set_rounding_step(at::Tensor step);
 
  private:
   std::vector<at::Tensor> params_;
@@ -137,6 +148,8 @@ class Bucket {
   std::vector<Segment> segments_;
   int64_t segments_numel_ = 0;  // the max_numel segments_ was cut with; 0: not cut since prepare()
   double grad_scale_ = 1.0;
+  at::Tensor device_grad_scale_;  // CUDA: this step's clip coefficient, or undefined
+  at::Tensor rounding_step_;  // CUDA: the stochastic rounding counter
   bool stochastic_rounding_ = false;
   uint64_t rounding_seed_ = 0;
 };

@@ -40,8 +40,10 @@ DeviceTableCache::DeviceTableCache(c10::Device device)
 Launch DeviceTableCache::launch() {
   const c10::impl::VirtualGuardImpl guard_impl(device_.type());
   const c10::Stream stream = guard_impl.getStream(device_);
-  if (table_buffer_.defined() && stream != table_stream_) {
-    guard_impl.recordDataPtrOnStream(table_buffer_.storage().data_ptr(), stream);
+  if (stream != table_stream_) {
+    for (const at::Tensor* buffer : {&table_buffer_, &segment_buffer_}) {
+      if (buffer->defined()) guard_impl.recordDataPtrOnStream(buffer->storage().data_ptr(), stream);
+    }
   }
   return Launch{stream.native_handle(), grid_};
 }
@@ -50,7 +52,14 @@ void DeviceTableCache::note_capture(const Launch& launch) {
   const char* error = nullptr;
   const int capturing = kernels()->stream_capturing(launch.stream, &error);
   TORCH_CHECK(capturing >= 0, "fusedoptim: cudaStreamIsCapturing failed: ", error);
-  if (capturing) table_captured_ = true;
+  if (capturing) table_captured_ = segments_captured_ = true;
+}
+
+void DeviceTableCache::retire_if_captured(at::Tensor& buffer, bool& captured) {
+  if (!captured) return;
+  captured_tables_.push_back(std::move(buffer));
+  buffer = at::Tensor();
+  captured = false;
 }
 
 void DeviceTableCache::upload(at::Tensor& buffer, const void* data, size_t bytes) {
@@ -66,11 +75,8 @@ void DeviceTableCache::upload(at::Tensor& buffer, const void* data, size_t bytes
 }
 
 DeviceTable DeviceTableCache::sync(const BucketTable& table, const std::vector<void*>* step_ptrs) {
-  // fusedoptim/optimizer.py sends CUDA params with these options to the reference path.
-  TORCH_CHECK(table.grad_scale == 1.0 && table.state_dtype == table.dtype && !table.master_weights &&
-                  !table.stochastic_rounding,
-              "fusedoptim: max_grad_norm, state_dtype, master_weights and stochastic_rounding are not in the CUDA "
-              "kernels yet");
+  // The clip coefficient reaches CUDA kernels through device_grad_scale (no host sync).
+  TORCH_CHECK(table.grad_scale == 1.0, "fusedoptim: a CUDA bucket takes its clip coefficient as a device tensor");
   const int64_t n = table.num_entries;
   TORCH_CHECK(step_ptrs == nullptr || static_cast<int64_t>(step_ptrs->size()) == n,
               "fusedoptim: ", step_ptrs ? step_ptrs->size() : 0, " device steps for ", n, " table entries");
@@ -99,11 +105,7 @@ DeviceTable DeviceTableCache::sync(const BucketTable& table, const std::vector<v
     std::memcpy(staging_.data(), table.entries, entry_bytes);
     std::memcpy(staging_.data() + entry_bytes, padded_prefix_.data(), prefix_bytes);
     if (step_ptrs) std::memcpy(staging_.data() + entry_bytes + prefix_bytes, step_ptrs->data(), step_bytes);
-    if (table_captured_) {  // NOTE: [Captured tables]
-      captured_tables_.push_back(std::move(table_buffer_));
-      table_buffer_ = at::Tensor();
-      table_captured_ = false;
-    }
+    retire_if_captured(table_buffer_, table_captured_);
     const bool fresh = !table_buffer_.defined() || table_buffer_.numel() < static_cast<int64_t>(staging_.size());
     upload(table_buffer_, staging_.data(), staging_.size());
     if (fresh) table_stream_ = c10::impl::VirtualGuardImpl(device_.type()).getStream(device_);
@@ -121,15 +123,39 @@ DeviceTable DeviceTableCache::sync(const BucketTable& table, const std::vector<v
   out.dtype = table.dtype;
   out.uniform_coefs = uniform ? 1 : 0;
   if (uniform && n > 0) out.uniform = table.entries[0];
+  out.state_dtype = table.state_dtype;
+  out.master_weights = table.master_weights ? 1 : 0;
+  out.stochastic_rounding = table.stochastic_rounding ? 1 : 0;
+  out.rounding_seed = table.rounding_seed;
+  out.rounding_step = table.device_rounding_step;
+  out.clip_coef = table.device_grad_scale;
   return out;
 }
 
 DeviceSegments DeviceTableCache::upload_segments(const std::vector<Segment>& segments, int num_sums) {
   const int64_t count = static_cast<int64_t>(segments.size());
-  if (count > 0) upload(segment_buffer_, segments.data(), segments.size() * sizeof(Segment));
+  const bool same = segments.size() == uploaded_segments_.size() &&
+                    (count == 0 || std::memcmp(segments.data(), uploaded_segments_.data(), count * sizeof(Segment)) == 0);
+  if (!same && count > 0) {
+    retire_if_captured(segment_buffer_, segments_captured_);
+    upload(segment_buffer_, segments.data(), segments.size() * sizeof(Segment));
+    uploaded_segments_ = segments;
+  }
   sums_ = at::empty({count * num_sums}, at::TensorOptions().dtype(at::kDouble).device(device_));
   return DeviceSegments{count > 0 ? static_cast<const Segment*>(segment_buffer_.data_ptr()) : nullptr, count,
                         sums_.data_ptr<double>()};
+}
+
+at::Tensor DeviceTableCache::grad_norm(const BucketTable& table, const math::GradNormHyper& hyper,
+                                       const std::vector<Segment>& segments) {
+  const c10::DeviceGuard guard(device_);
+  const DeviceTable device_table = sync(table, nullptr);
+  const DeviceSegments device_segments = upload_segments(segments, 1);
+  at::Tensor total = at::empty({}, at::TensorOptions().dtype(at::kDouble).device(device_));
+  const Launch where = launch();
+  check(kernels()->grad_norm(device_table, hyper, device_segments, total.data_ptr<double>(), where));
+  note_capture(where);
+  return total;
 }
 
 void DeviceTableCache::download_sums(std::vector<double>& out) {

@@ -65,6 +65,11 @@ class DeviceTableCache {
     download_sums(out);
   }
 
+  // The grad norm's reduced value of `table`'s grads over `segments` (NOTE: [Precision options on
+  // CUDA]): a 0-dim float64 tensor on the device, written on the current stream; no host sync.
+  at::Tensor grad_norm(const BucketTable& table, const math::GradNormHyper& hyper,
+                       const std::vector<Segment>& segments);
+
  private:
   // Uploads what changed of `table` (pointers and sizes, or coefficients that differ between
   // entries) and describes it for a launch. With step_ptrs (device steps) the coefficients are
@@ -78,24 +83,30 @@ class DeviceTableCache {
   // allocator when it was allocated on another).
   Launch launch();
   // NOTE: [Captured tables]
-  // A CUDA graph captured over a step keeps the device address of the table buffer it read. So
-  // once a launch was captured, that buffer is never written again nor freed while the bucket
-  // lives: the next upload goes to a new buffer. (A plan rebuild makes new buckets; graphs
+  // A CUDA graph captured over a step keeps the device address of the table buffer (and the
+  // segment buffer) it read. So once a launch was captured, that buffer is never written again
+  // nor freed while the bucket lives: the next upload goes to a new buffer. (A plan rebuild makes new buckets; graphs
   // captured before it must be captured again, as after any change of the params.)
   void note_capture(const Launch& launch);
   // Copies `bytes` from host memory into `buffer` (grown as needed) on the current stream.
   void upload(at::Tensor& buffer, const void* data, size_t bytes);
+  // The segments in device memory (uploaded when they changed) and a fresh output of num_sums
+  // doubles per segment.
   DeviceSegments upload_segments(const std::vector<Segment>& segments, int num_sums);
+  // A buffer a captured graph reads is kept, and a new one allocated (NOTE: [Captured tables]).
+  void retire_if_captured(at::Tensor& buffer, bool& captured);
   void download_sums(std::vector<double>& out);
 
   c10::Device device_;
   int grid_;
   at::Tensor table_buffer_;  // device: entries, the padded prefix, then (device steps) step pointers
-  c10::Stream table_stream_;  // the stream table_buffer_ was allocated on
+  c10::Stream table_stream_;  // the stream table_buffer_ (and, nearly always, segment_buffer_) was allocated on
   bool table_captured_ = false;
   std::vector<at::Tensor> captured_tables_;  // NOTE: [Captured tables]
   float* const* device_steps_ = nullptr;
   at::Tensor segment_buffer_;
+  bool segments_captured_ = false;
+  std::vector<Segment> uploaded_segments_;  // what segment_buffer_ holds
   at::Tensor sums_;
   std::vector<TensorEntry> uploaded_;  // what table_buffer_ holds
   std::vector<int64_t> padded_prefix_;

@@ -31,8 +31,9 @@ Every fused optimizer but LAMB (whose max_grad_norm is Apex's) takes `max_grad_n
 `norm_type`: a step is then `torch.nn.utils.clip_grad_norm_(all params, max_grad_norm,
 norm_type)` followed by the step, except that the grads are not modified. The norm is over
 every grad of every group, computed once per step and norm type by the fused reduction of
-fusedoptim.clip_grad_norm_ (bucket by bucket, then torch's norms for the reference path's
-grads); its dtype is the grads' promoted dtype, and the coefficient torch's expression
+fusedoptim.clip_grad_norm_ (bucket by bucket, CUDA buckets on their device without a host
+sync, then torch's norms for the reference path's grads); its dtype is the grads' promoted
+dtype, and the coefficient torch's expression
 `clamp(max_grad_norm / (norm + 1e-6), max=1)` in it. The kernels multiply each grad by the
 coefficient as they load it (BucketTable::grad_scale), so clipping costs one extra read of
 the grads, not a scaling pass; reference-path params step on scaled copies of their grads.
@@ -230,17 +231,6 @@ def _uses_stochastic_rounding(group, param):
     return bool(group.get("stochastic_rounding")) and param.dtype in (torch.bfloat16, torch.float16)
 
 
-def _cuda_lacks_option(group, param):
-    """The option of `group` the CUDA kernels don't implement yet for CUDA `param`, or None: such
-    params take the reference path (where state_dtype, master_weights and stochastic_rounding
-    then raise, and max_grad_norm steps on scaled grad copies)."""
-    if param.device.type != "cuda":
-        return None
-    if group.get("max_grad_norm") is not None:
-        return "max_grad_norm"
-    return _refused_on_reference_path(group, param)
-
-
 def _refused_on_reference_path(group, param):
     """The option of `group` the reference path can't honour for `param`, or None."""
     if _uses_master(group, param):
@@ -361,6 +351,27 @@ class _Bucket:
             kernel_params, names, [self.states[name] for name in state_names],
             [self.scalars[name] for name in scalar_names], first_step, self.masters if self.master else [],
         )
+        self.device = kernel_params[0].device
+        # A CUDA bucket's stochastic rounding mixes this device counter into each step's seed
+        # (NOTE: [Precision options on CUDA] in csrc/cuda/sweep.cuh).
+        self.rounding_step = None
+        if self.stochastic and self.device.type == "cuda":
+            self.rounding_step = torch.zeros((), dtype=torch.int64, device=self.device)
+            self.compiled.set_rounding_step(self.rounding_step)
+
+    def set_clip_coefficient(self, coef):
+        """This step's max_grad_norm coefficient (a 0-dim tensor) for the kernels: by value on
+        the CPU, as a device tensor on CUDA (no host sync)."""
+        if self.device.type == "cuda":
+            self.compiled.set_device_grad_scale(coef.to(self.device, torch.float64).reshape(()))
+        else:
+            self.compiled.set_grad_scale(coef.item() if coef.device.type == "cpu" else coef.cpu().item())
+
+    def set_rounding(self):
+        """Draws this step's stochastic rounding seed (NOTE: [Stochastic rounding])."""
+        if self.rounding_step is not None:
+            self.rounding_step.add_(1)
+        self.compiled.set_rounding_seed(_rounding_seed())
 
     def _masters(self, slot_states, copy_existing):
         """Each param's fp32 master weights: its state's when reusable, else a view of one new
@@ -379,7 +390,7 @@ class _Bucket:
         for i in needs:
             offsets.append(total)
             total += -(-self.params[i].numel() // _OFFSET_ALIGNMENT) * _OFFSET_ALIGNMENT
-        buffer = torch.empty(total, dtype=torch.float32)
+        buffer = torch.empty(total, dtype=torch.float32, device=self.params[0].device)
         for i, offset in zip(needs, offsets):
             view = _flat_view(buffer, offset, self.params[i])
             old = slot_states[i].get("master_param")
@@ -501,6 +512,15 @@ class _Plan:
             for bucket in buckets:
                 bucket.commit(state)
         self.state_version = state.version
+
+
+def _norm_of_reduced_tensor(reduced, norm_type):
+    """fusedoptim.clip._norm_of_reduced on a 0-dim float64 tensor (a CUDA bucket's)."""
+    if math.isinf(norm_type) or norm_type == 1.0:
+        return reduced
+    if norm_type == 2.0:
+        return torch.sqrt(reduced)
+    return torch.pow(reduced, 1.0 / norm_type)
 
 
 def _rounding_seed():
@@ -804,9 +824,6 @@ class FusedOptimizer(Optimizer):
             elif self._lacks_step_kernel(group, p):
                 unsupported.append(f"{_tensor_kind(p)} with the step on the device (capturable or fused)")
                 reference.append(i)
-            elif (option := _cuda_lacks_option(group, p)) is not None:
-                unsupported.append(f"{_tensor_kind(p)} with {option}")
-                reference.append(i)
             elif grad is not None and (grad.layout != torch.strided or not _dtensor.has_own_memory(grad)):
                 reference.append(i)
             else:
@@ -830,8 +847,6 @@ class FusedOptimizer(Optimizer):
             return False, f"DTensor of local {_tensor_kind(local)}"
         if self._lacks_step_kernel(group, local):
             return False, f"DTensor of local {_tensor_kind(local)} with the step on the device (capturable or fused)"
-        if (option := _cuda_lacks_option(group, local)) is not None:
-            return False, f"DTensor of local {_tensor_kind(local)} with {option}"
         if not _dtensor.local_placements(p):
             return False, f"DTensor on {p.placements}"
         why_whole = self._needs_whole_tensor(group)
@@ -892,6 +907,9 @@ class FusedOptimizer(Optimizer):
         if grads:
             torch._foreach_div_(grads, grad_scale.reshape(()).to(grads[0].device))
 
+    def _clips_any(self):
+        return self._clips_grads and any(group["max_grad_norm"] is not None for group in self.param_groups)
+
     def _clip_coefficients(self, plan):
         """Per group of the plan, its clip coefficient (a 0-dim tensor) or None (NOTE:
         [max_grad_norm]); None if no group clips."""
@@ -912,28 +930,42 @@ class FusedOptimizer(Optimizer):
 
     def _global_grad_norm(self, plan, norm_type):
         """The norm of every grad of the plan as torch.nn.utils.get_total_norm gives it (its
-        dtype; on the CPU unless only other devices' grads have one), None without grads."""
-        from fusedoptim.clip import _combine_norms, _combine_reduced, _norm_of_reduced
+        dtype), None without grads. On the CPU when CPU buckets have grads; a model all on one
+        CUDA device keeps it there, computed with no host sync."""
+        from fusedoptim.clip import _combine_reduced, _norm_of_reduced
 
         reduced, dtype, others = None, None, []
+        device_reduced = {}  # CUDA device -> its buckets' reduced value, a 0-dim float64 tensor
         for _, buckets, reference in plan.groups:
             for bucket in buckets:
                 if not bucket.compiled.num_entries:
                     continue
-                if (bucket.has_complex and norm_type != 2.0) or bucket.kernel_params[0].device.type != "cpu":
-                    # The fused grad norm is a CPU kernel: torch's for CUDA buckets' grads.
+                if bucket.has_complex and norm_type != 2.0:
                     others += [p.grad for p in bucket.params if p.grad is not None]
                     continue
-                value = bucket.compiled.grad_norm(norm_type)
-                reduced = value if reduced is None else _combine_reduced(reduced, value, norm_type)
+                if bucket.device.type == "cuda":
+                    value = bucket.compiled.device_grad_norm(norm_type)
+                    old = device_reduced.get(bucket.device)
+                    device_reduced[bucket.device] = value if old is None else (
+                        torch.maximum(old, value) if math.isinf(norm_type) else old + value)
+                else:
+                    value = bucket.compiled.grad_norm(norm_type)
+                    reduced = value if reduced is None else _combine_reduced(reduced, value, norm_type)
                 real = _real_dtype(bucket.params[0].dtype)
                 dtype = real if dtype is None else torch.promote_types(dtype, real)
             others += [p.grad for p in reference if p.grad is not None]
-        if reduced is None:
+        if reduced is None and not device_reduced:
             return torch.nn.utils.get_total_norm(others, norm_type) if others else None
         for grad in others:
             dtype = torch.promote_types(dtype, _real_dtype(grad.dtype))
-        return _combine_norms(_norm_of_reduced(reduced, norm_type), others, dtype, torch.device("cpu"), norm_type)
+        norms = [] if reduced is None else [torch.tensor(_norm_of_reduced(reduced, norm_type), dtype=dtype)]
+        norms += [_norm_of_reduced_tensor(value, norm_type).to(dtype) for value in device_reduced.values()]
+        if others:
+            norms.append(torch.nn.utils.get_total_norm(others, norm_type))
+        if len(norms) == 1:
+            return norms[0]
+        device = norms[0].device
+        return torch.linalg.vector_norm(torch.stack([n.to(device, dtype) for n in norms]), norm_type)
 
     # NOTE: [Steps under torch.compile]
     # Inside a torch.compile'd training step, dynamo would trace into step() up to the first
@@ -959,7 +991,8 @@ class FusedOptimizer(Optimizer):
             self.state = StateMap(self.state)
         grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         device_amp = False  # NOTE: [Device steps and GradScaler]: the kernels unscale and skip
-        if (grad_scale is not None or found_inf is not None) and self._has_step and any(
+        # (not when clipping: the norm is of the unscaled grads)
+        if (grad_scale is not None or found_inf is not None) and self._has_step and not self._clips_any() and any(
             _keeps_step_on_device(group) and self._device_steps(group) for group in self.param_groups
         ):
             plan = self._ready_plan()  # the state a first step creates, as _skip_overflowed_step
@@ -980,9 +1013,9 @@ class FusedOptimizer(Optimizer):
                     if not bucket.compiled.num_entries:
                         continue
                     if coef is not None:
-                        bucket.compiled.set_grad_scale(coef.item() if coef.device.type == "cpu" else coef.cpu().item())
+                        bucket.set_clip_coefficient(coef)
                     if bucket.stochastic:
-                        bucket.compiled.set_rounding_seed(_rounding_seed())
+                        bucket.set_rounding()
                     if device_amp:
                         device = bucket.kernel_params[0].device
                         self._fused_step(group, bucket.compiled, device_amp=(

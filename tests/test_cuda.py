@@ -334,35 +334,172 @@ def test_grad_scaler_unscales_and_skips_in_the_kernels(dtype):
         assert f_opt.state[pf]["step"].is_cuda
 
 
-@pytest.mark.filterwarnings("ignore::fusedoptim.ReferencePathWarning")
-def test_max_grad_norm_on_cuda_takes_the_reference_path_and_clips():
-    """The CUDA kernels don't fold the clip coefficient in yet: such params step on the
-    reference path, on clipped grad copies, and match clip_grad_norm_ + torch's step."""
-    values = make_param_values([(4097,), (33,)], torch.float32, seed=13)
-    grads = [[g.cuda() * 10 for g in gs] for gs in make_grad_values([(4097,), (33,)], torch.float32, seed=1300)]
+# Issue 5's options on CUDA (NOTE: [Precision options on CUDA] in csrc/cuda/sweep.cuh).
+OPTION_CASES = [
+    (torch.bfloat16, dict(master_weights=True)),
+    (torch.float16, dict(master_weights=True)),
+    (torch.bfloat16, dict(state_dtype=torch.float32)),
+    (torch.float32, dict(state_dtype=torch.bfloat16)),
+    (torch.float32, dict(max_grad_norm=0.5)),
+    (torch.float64, dict(max_grad_norm=0.5, norm_type=float("inf"))),
+    (torch.bfloat16, dict(max_grad_norm=0.5, norm_type=1.0, master_weights=True)),
+]
+
+
+@pytest.mark.parametrize("dtype,options", OPTION_CASES, ids=[f"{d}-{o}" for d, o in OPTION_CASES])
+@pytest.mark.parametrize("config", REPRESENTATIVE_CONFIGS, ids=config_ids(REPRESENTATIVE_CONFIGS))
+def test_options_on_cuda_match_the_cpu_kernels(config, dtype, options):
+    """master_weights, state_dtype and max_grad_norm: the CUDA kernels run the CPU kernels'
+    rules on the same dtype pairs, so both devices agree to rounding (the grad norm's summation
+    order differs, so the clip coefficient may differ in its last bits)."""
+    if not _expects_fused(config):
+        pytest.skip("this configuration takes the reference path on CUDA")
+    if "max_grad_norm" in options and config.optim == "LAMB":
+        pytest.skip("LAMB's max_grad_norm is Apex's (its own tests)")
+    values = make_param_values(TAIL_SHAPES, dtype, seed=4)
+    grads = make_grad_values(TAIL_SHAPES, dtype, seed=400)
+    cpu_params = as_params(values)
+    cpu_opt = fused_cls(config.optim)(cpu_params, **config.fused_kwargs(dtype), **options)
+    run_steps(cpu_opt, cpu_params, grads)
+    f_params = as_params([v.cuda() for v in values])
+    f_opt = fused_cls(config.optim)(f_params, **_cuda_kwargs(config, config.fused_kwargs)(dtype), **options)
+    run_steps(f_opt, f_params, [[g.cuda() for g in gs] for gs in grads])
+    assert_fused_path(f_opt)
+    tol = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
+    for pc, pf in zip(cpu_params, f_params):
+        torch.testing.assert_close(pf.detach().cpu(), pc.detach(), rtol=tol, atol=tol)
+        for key, value in cpu_opt.state[pc].items():
+            if torch.is_tensor(value) and value.dim() > 0:
+                got = f_opt.state[pf][key]
+                assert got.dtype == value.dtype and got.is_cuda, key
+                torch.testing.assert_close(got.cpu().double(), value.double(), rtol=max(tol, 1e-5), atol=max(tol, 1e-6))
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, float("inf"), 3.0], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_max_grad_norm_on_cuda_equals_clip_then_torch_step(dtype, norm_type):
+    """The clip coefficient folded into the CUDA kernels: torch's clip_grad_norm_ followed by its
+    step, with the user's grads left as they were."""
+    shapes = [(4097,), (33,), (16384 * 2 + 3,)]
+    values = make_param_values(shapes, dtype, seed=13)
+    grads = [[g.cuda() * 10 for g in gs] for gs in make_grad_values(shapes, dtype, seed=1300)]
     t_params, f_params = as_params([v.cuda() for v in values]), as_params([v.cuda() for v in values])
     t_opt = torch.optim.AdamW(t_params, lr=1e-2)
-    f_opt = fusedoptim.AdamW(f_params, lr=1e-2, max_grad_norm=1.0)
+    f_opt = fusedoptim.AdamW(f_params, lr=1e-2, max_grad_norm=1.0, norm_type=norm_type)
     for gs in grads:
         for p, g in zip(t_params, gs):
             p.grad = g.clone()
-        torch.nn.utils.clip_grad_norm_(t_params, 1.0)
+        torch.nn.utils.clip_grad_norm_(t_params, 1.0, norm_type=norm_type)
         t_opt.step()
         for p, g in zip(f_params, gs):
             p.grad = g.clone()
         f_opt.step()
-    assert_reference_path(f_opt)
+        for p, g in zip(f_params, gs):
+            assert torch.equal(p.grad, g)
+    assert_fused_path(f_opt)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
     for pf, pt in zip(f_params, t_params):
-        torch.testing.assert_close(pf, pt, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(pf, pt, **tol)
 
 
-@pytest.mark.parametrize("option", [dict(state_dtype=torch.bfloat16), dict(master_weights=True),
-                                    dict(stochastic_rounding=True)])
-def test_precision_options_raise_for_cuda_params(option):
-    dtype = torch.float32 if "state_dtype" in option else torch.bfloat16
-    param = torch.zeros(17, dtype=dtype, device="cuda", requires_grad=True)
-    param.grad = torch.ones_like(param)
-    opt = fusedoptim.Adam([param], lr=1e-2, **option)
-    with pytest.warns(fusedoptim.ReferencePathWarning), pytest.raises(ValueError, match=next(iter(option))):
+def test_max_grad_norm_and_device_steps_make_no_host_sync():
+    """A fused=True AdamW step with max_grad_norm on a CUDA model: the norm, the coefficient and
+    the update stay on the device (torch's sync debug mode raises on any sync)."""
+    params = as_params([v.cuda() for v in make_param_values([(4097,), (33,)], torch.float32, seed=14)])
+    opt = fusedoptim.AdamW(params, lr=1e-2, fused=True, max_grad_norm=0.5)
+    for step in range(3):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        if step == 0:
+            opt.step()  # the plan, the state and the device tables
+            continue
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert_fused_path(opt)
+
+
+@pytest.mark.parametrize("options", [dict(max_grad_norm=0.5), dict(master_weights=True)], ids=str)
+def test_captured_step_with_options_replays_like_eager(options):
+    """max_grad_norm (the norm's kernels, torch's ops on the coefficient) and master weights under
+    a CUDA graph: replays give what eager steps give."""
+    dtype = torch.bfloat16 if options.get("master_weights") else torch.float32
+    shapes = [(4097,), (33,), (16384 * 2 + 3,)]
+    values = make_param_values(shapes, dtype, seed=15)
+    grads = [[g.cuda() * 10 for g in gs] for gs in make_grad_values(shapes, dtype, num_steps=6, seed=1500)]
+    e_params = as_params([v.cuda() for v in values])
+    e_opt = fusedoptim.AdamW(e_params, lr=1e-2, capturable=True, **options)
+    run_steps(e_opt, e_params, grads)
+
+    c_params = as_params([v.cuda() for v in values])
+    static_grads = [torch.zeros_like(p) for p in c_params]
+    for p, g in zip(c_params, static_grads):
+        p.grad = g
+    c_opt = fusedoptim.AdamW(c_params, lr=1e-2, capturable=True, **options)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for step in range(2):
+            for g, value in zip(static_grads, grads[step]):
+                g.copy_(value)
+            c_opt.step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        c_opt.step()
+    for step in range(2, 6):
+        for g, value in zip(static_grads, grads[step]):
+            g.copy_(value)
+        graph.replay()
+    torch.cuda.synchronize()
+    assert_fused_path(c_opt)
+    for pc, pe in zip(c_params, e_params):
+        assert torch.equal(pc, pe)
+        assert torch.equal(c_opt.state[pc]["exp_avg"], e_opt.state[pe]["exp_avg"])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_stochastic_rounding_on_cuda_is_unbiased(dtype):
+    """p = 1 and g = -fraction * ulp: every result is one of the two neighbours of 1 + fraction
+    ulp, the upper one a `fraction` of the time (6 sigma)."""
+    n = 1 << 20
+    ulp = torch.finfo(dtype).eps
+    for fraction in (0.3, 0.75):
+        p = torch.ones(n, dtype=dtype, device="cuda", requires_grad=True)
+        p.grad = torch.full_like(p, -fraction * ulp)
+        opt = fusedoptim.SGD([p], lr=1.0, stochastic_rounding=True)
         opt.step()
-    assert torch.equal(param, torch.zeros_like(param))
+        assert_fused_path(opt)
+        hi = torch.tensor(1.0 + ulp, dtype=dtype, device="cuda")
+        assert bool(((p == 1.0) | (p == hi)).all())
+        up = (p == hi).double().mean().item()
+        assert abs(up - fraction) < 6 * (fraction * (1 - fraction) / n) ** 0.5, (fraction, up)
+
+
+def test_stochastic_rounding_under_a_graph_draws_new_bits_each_replay():
+    """The seed mixes a device-side counter the step advances, so a replayed graph rounds with
+    new bits: the same starting params and grads round differently on two replays."""
+    n = 1 << 16
+    p = torch.ones(n, dtype=torch.bfloat16, device="cuda", requires_grad=True)
+    p.grad = torch.full_like(p, -0.5 * torch.finfo(torch.bfloat16).eps)
+    opt = fusedoptim.SGD([p], lr=1.0, stochastic_rounding=True)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        opt.step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    results = []
+    for _ in range(2):
+        with torch.no_grad():
+            p.fill_(1.0)
+        graph.replay()
+        results.append(p.detach().clone())
+    torch.cuda.synchronize()
+    assert not torch.equal(results[0], results[1])
+    for r in results:
+        assert 0.4 < (r != 1.0).double().mean().item() < 0.6

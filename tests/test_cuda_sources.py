@@ -56,9 +56,8 @@ def cuda_objects(tmp_path_factory):
 
 def test_every_algorithm_has_a_cuda_file():
     names = {source.stem for source in CUDA_SOURCES}
-    # LBFGS's passes and the grad norm of max_grad_norm / clip_grad_norm_ run on the CPU only
-    # (CUDA params take torch's own code for them).
-    algorithms = {p.stem.removesuffix("_cpu") for p in (ROOT / "csrc" / "cpu").glob("*_cpu.cpp")} - {"lbfgs", "grad_norm"}
+    # LBFGS's passes run on the CPU only (CUDA params take torch's own LBFGS).
+    algorithms = {p.stem.removesuffix("_cpu") for p in (ROOT / "csrc" / "cpu").glob("*_cpu.cpp")} - {"lbfgs"}
     assert {f"{a}_cuda" for a in algorithms} <= names
 
 

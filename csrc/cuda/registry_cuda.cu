@@ -32,7 +32,7 @@ namespace {
 #define FO_CUDA_STEPS_ENTRY(name, Coefs, Hyper) name##_steps_launch,
 const KernelTable kCudaKernels = {
     FO_ELEMENTWISE_RULES(FO_CUDA_ENTRY) FO_REDUCTION_RULES(FO_CUDA_ENTRY)
-        FO_DEVICE_STEP_RULES(FO_CUDA_STEPS_ENTRY) multiprocessor_count,
+        FO_DEVICE_STEP_RULES(FO_CUDA_STEPS_ENTRY) grad_norm_launch, multiprocessor_count,
     stream_capturing,
 };
 #undef FO_CUDA_ENTRY

@@ -37,6 +37,10 @@ int main() {
   }
   FO_DEVICE_STEP_RULES(FO_CHECK_STEPS)
 #undef FO_CHECK_STEPS
+  if (table->grad_norm == nullptr) {
+    std::puts("no CUDA grad norm launcher");
+    ++missing;
+  }
   if (table->multiprocessor_count == nullptr || table->stream_capturing == nullptr) ++missing;
   if (missing == 0) std::puts("every rule has a CUDA launcher");
   return missing == 0 ? 0 : 1;

@@ -46,6 +46,12 @@ struct BucketTable {
   // rounding] in dtype.h).
   bool stochastic_rounding = false;
   uint64_t rounding_seed = 0;
+  // CUDA buckets only (NOTE: [Precision options on CUDA] in csrc/cuda/sweep.cuh): the clip
+  // coefficient as the device address of a double (grad_scale stays 1, so no host sync), and
+  // the step counter stochastic rounding advances on the device (so a captured graph draws
+  // new bits on each replay). nullptr: not this step.
+  const double* device_grad_scale = nullptr;
+  const int64_t* device_rounding_step = nullptr;
 };
 
 // A piece of one entry, [begin, end) in the entry's own index space: the unit of the

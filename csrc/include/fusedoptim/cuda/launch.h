@@ -51,6 +51,16 @@ struct DeviceTable {
   // when *found_inf is not zero.
   const float* grad_scale;
   const float* found_inf;
+  // The options of NOTE: [Precision options on CUDA] in csrc/cuda/sweep.cuh, as BucketTable
+  // has them: the states' storage, master weights in slot 0, stochastic rounding with
+  // rounding_seed mixed with *rounding_step, and max_grad_norm's coefficient *clip_coef
+  // (nullptr: no clipping).
+  DType state_dtype;
+  int32_t master_weights;
+  int32_t stochastic_rounding;
+  uint64_t rounding_seed;
+  const int64_t* rounding_step;
+  const double* clip_coef;
 };
 
 // Per-entry 0-dim states on the device (torch's `step` for capturable=True and fused=True),
@@ -84,6 +94,10 @@ struct KernelTable {
   FO_ELEMENTWISE_RULES(FO_CUDA_KERNEL_FIELD)
   FO_REDUCTION_RULES(FO_CUDA_REDUCTION_FIELD)
   FO_DEVICE_STEP_RULES(FO_CUDA_STEP_FIELD)
+  // The global grad norm's reduced value (math/grad_norm.h) of a table's grads into *total
+  // (device): per segment, then folded in order (NOTE: [Deterministic reductions on CUDA]).
+  const char* (*grad_norm)(const DeviceTable&, const math::GradNormHyper&, const DeviceSegments&, double* total,
+                           const Launch&);
   // The number of multiprocessors of a device (sizes the grid), or -1 with *error set.
   int (*multiprocessor_count)(int device, const char** error);
   // 1 if the stream is capturing a CUDA graph, 0 if not, -1 with *error set.
@@ -105,6 +119,8 @@ FO_DEVICE_STEP_RULES(FO_CUDA_DECLARE_STEPS)
 #undef FO_CUDA_DECLARE_KERNEL
 #undef FO_CUDA_DECLARE_REDUCTION
 #undef FO_CUDA_DECLARE_STEPS
+const char* grad_norm_launch(const DeviceTable&, const math::GradNormHyper&, const DeviceSegments&, double* total,
+                             const Launch&);
 int multiprocessor_count(int device, const char** error);
 int stream_capturing(void* stream, const char** error);
 

@@ -8,6 +8,8 @@ bf16 (fusedoptim, torch foreach, torch fused), and writes the issue's JSON:
 
 `bytes` is the floor of a step (bytes read plus written); times are medians in ms; null where
 an implementation does not exist (torch has no fused kernel for most algorithms) or failed.
+An extra key, `options`, holds issue 5's GPU targets on llama: fusedoptim with each option of
+OPTION_CASES next to its plain step and torch's fused step in the same run.
 
     python benchmarks/gpu_check.py --junit junit.xml --out benchmarks/results/NAME.json
 """
@@ -45,6 +47,42 @@ def copy_gbps(device="cuda", numel=2**28, reps=20):
         times.append(start.elapsed_time(end) / 1e3)
     times.sort()
     return 2 * src.numel() * src.element_size() / times[len(times) // 2] / 1e9
+
+
+# Issue 5's GPU targets: (case, algo, dtype, fusedoptim options, bytes per param of the floor).
+# bf16 params with fp32 master weights: AdamW reads the grad (2), master and states (12) and
+# writes param (2), master and states (12); max_grad_norm adds a read of the fp32 grads (4) to
+# the 28 bytes of the plain step, whose time is the target's base (<= 1.3x).
+OPTION_CASES = (
+    ("bf16+master_weights", "adamw", "bfloat16", ["master_weights=True"], 28),
+    ("max_grad_norm", "adamw", "float32", ["max_grad_norm=1.0"], 32),
+)
+
+
+def option_row(case, algo, dtype, numel, bytes_per_param, bench_rows):
+    """One `options` entry from the benchmark's rows of one option run (fusedoptim with the
+    option; torch fused without it) and the main run's plain fusedoptim time."""
+    times = {row["impl"]: row.get("median_ms") for row in bench_rows if row.get("error") is None}
+    return {"case": case, "layout": "llama", "algo": algo, "dtype": dtype, "numel": numel,
+            "bytes": numel * bytes_per_param, "ours_ms": times.get("fusedoptim"),
+            "torch_fused_ms": times.get("torch.fused")}
+
+
+def run_option_cases(cli, result):
+    """Adds `options` to `result`: each OPTION_CASES run on llama, with the plain step's time."""
+    plain = {(r["algo"], r["dtype"]): r["ours_ms"] for r in result["rows"] if r["layout"] == "llama"}
+    result["options"] = []
+    for case, algo, dtype, options, bytes_per_param in OPTION_CASES:
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = pathlib.Path(tmp) / "bench.json"
+            cli.main(["--device", "cuda", "--layouts", "llama", "--algos", algo, "--dtypes", dtype,
+                      "--impls", "fusedoptim,torch.fused", "--runs", "5", "--no-progress", "--no-check",
+                      "--json", str(raw)] + [arg for option in options for arg in ("--fusedoptim-option", option)])
+            rows = json.loads(raw.read_text())["rows"] if raw.exists() else []
+        numel = rows[0]["numel"] if rows else None
+        row = option_row(case, algo, dtype, numel or 0, bytes_per_param, rows)
+        row["plain_ours_ms"] = plain.get((algo, dtype))
+        result["options"].append(row)
 
 
 def test_counts(junit_path):
@@ -118,6 +156,7 @@ def main(argv=None):
         bench = json.loads(raw.read_text()) if raw.exists() else {"rows": []}
     result = assemble(bench, test_counts(args.junit), commit_hash(), torch.cuda.get_device_name(),
                       torch.__version__, gbps)
+    run_option_cases(cli, result)
     pathlib.Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"{'layout':6} {'algo':8} {'dtype':8} {'ours ms':>9} {'% copy':>7} {'fused ms':>9} {'foreach ms':>10}")
     for row in result["rows"]:
@@ -127,6 +166,11 @@ def main(argv=None):
         print(f"{row['layout']:6} {row['algo']:8} {row['dtype']:8} {show(ours)} "
               f"{(f'{pct:6.1f}%' if pct else '      -'):>7} {show(row['torch_fused_ms'])} "
               f"{show(row['torch_foreach_ms']):>10}")
+    for row in result["options"]:
+        ours = row["ours_ms"]
+        pct = f"{100 * row['bytes'] / (ours / 1e3) / 1e9 / gbps:.1f}% copy" if ours else "-"
+        print(f"llama {row['algo']} {row['dtype']} {row['case']}: {ours} ms ({pct}), plain {row['plain_ours_ms']} ms, "
+              f"torch fused {row['torch_fused_ms']} ms")
     print(f"wrote {args.out}: tests {result['tests']}, commit {result['commit']}")
     return status
 

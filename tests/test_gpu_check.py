@@ -46,3 +46,12 @@ def test_counts_from_junit(tmp_path):
 
 def test_counts_without_junit(tmp_path):
     assert gpu_check.test_counts(tmp_path / "missing.xml") == {"passed": None, "failed": None, "skipped": None}
+
+
+def test_option_row_takes_the_option_run_and_the_floor():
+    rows = [_row("llama", "adamw", "fusedoptim", 20.0), _row("llama", "adamw", "torch.fused", 25.0),
+            _row("llama", "adamw", "torch.foreach", None, error="out of memory")]
+    row = gpu_check.option_row("bf16+master_weights", "adamw", "bfloat16", 1000, 28, rows)
+    assert row == {"case": "bf16+master_weights", "layout": "llama", "algo": "adamw", "dtype": "bfloat16",
+                   "numel": 1000, "bytes": 28000, "ours_ms": 20.0, "torch_fused_ms": 25.0}
+    assert [case[0] for case in gpu_check.OPTION_CASES] == ["bf16+master_weights", "max_grad_norm"]

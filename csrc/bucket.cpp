@@ -314,7 +314,8 @@ bool Bucket::scalar_is_double(int k, size_t entry) const { return scalar_is_doub
 
 at::Tensor Bucket::device_grad_norm(const math::GradNormHyper& hyper) {
   TORCH_CHECK(device_table_ != nullptr, "fusedoptim: device_grad_norm is for CUDA buckets");
-  return device_table_->grad_norm(table(), hyper, segments(cpu::kSegmentNumel));
+  const std::vector<void*> step_ptrs = device_scalars_ ? entry_scalar_ptrs(0) : std::vector<void*>();
+  return device_table_->grad_norm(table(), hyper, segments(cpu::kSegmentNumel), device_scalars_ ? &step_ptrs : nullptr);
 }
 
 const std::vector<Segment>& Bucket::segments(int64_t max_numel) {

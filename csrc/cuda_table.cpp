@@ -28,7 +28,7 @@ const KernelTable* kernels() { return registered_kernels; }
 void register_kernels(const KernelTable* table) { registered_kernels = table; }
 
 DeviceTableCache::DeviceTableCache(c10::Device device)
-    : device_(device), table_stream_(c10::Stream::DEFAULT, device) {
+    : device_(device), table_stream_(c10::Stream::DEFAULT, device), segment_stream_(c10::Stream::DEFAULT, device) {
   TORCH_CHECK(device.is_cuda(), "fusedoptim: a device table is for CUDA tensors, not ", device);
   TORCH_CHECK(kernels() != nullptr, "fusedoptim: this build of fusedoptim._C has no CUDA kernels");
   const char* error = nullptr;
@@ -40,10 +40,11 @@ DeviceTableCache::DeviceTableCache(c10::Device device)
 Launch DeviceTableCache::launch() {
   const c10::impl::VirtualGuardImpl guard_impl(device_.type());
   const c10::Stream stream = guard_impl.getStream(device_);
-  if (stream != table_stream_) {
-    for (const at::Tensor* buffer : {&table_buffer_, &segment_buffer_}) {
-      if (buffer->defined()) guard_impl.recordDataPtrOnStream(buffer->storage().data_ptr(), stream);
-    }
+  if (table_buffer_.defined() && stream != table_stream_) {
+    guard_impl.recordDataPtrOnStream(table_buffer_.storage().data_ptr(), stream);
+  }
+  if (segment_buffer_.defined() && stream != segment_stream_) {
+    guard_impl.recordDataPtrOnStream(segment_buffer_.storage().data_ptr(), stream);
   }
   return Launch{stream.native_handle(), grid_};
 }
@@ -68,10 +69,16 @@ void DeviceTableCache::upload(at::Tensor& buffer, const void* data, size_t bytes
     buffer = at::empty({size}, at::TensorOptions().dtype(at::kByte).device(device_));
   }
   // A fresh pinned block per upload: the caching host allocator keeps it until the copy,
-  // queued on the current stream, has read it.
+  // queued on the current stream, has read it. A copy captured in a graph reads it again on
+  // every replay: then it is kept while the bucket lives (NOTE: [Captured tables]).
   at::Tensor staging = at::empty({size}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
   std::memcpy(staging.data_ptr(), data, bytes);
   buffer.narrow(0, 0, size).copy_(staging, /*non_blocking=*/true);
+  const c10::Stream stream = c10::impl::VirtualGuardImpl(device_.type()).getStream(device_);
+  const char* error = nullptr;
+  const int capturing = kernels()->stream_capturing(stream.native_handle(), &error);
+  TORCH_CHECK(capturing >= 0, "fusedoptim: cudaStreamIsCapturing failed: ", error);
+  if (capturing) captured_tables_.push_back(std::move(staging));
 }
 
 DeviceTable DeviceTableCache::sync(const BucketTable& table, const std::vector<void*>* step_ptrs) {
@@ -86,6 +93,9 @@ DeviceTable DeviceTableCache::sync(const BucketTable& table, const std::vector<v
   bool uniform = step_ptrs == nullptr;
   for (int64_t i = 1; i < n && uniform; ++i) uniform = same_coefs(table.entries[i], table.entries[0]);
   // Non-uniform coefficients are read from the device entries: upload them when they moved.
+  // The step pointers travel with the table; a sync without them (the grad norm's, which reads
+  // no step) keeps those uploaded.
+  if (step_ptrs != nullptr && !layout_changed) layout_changed = *step_ptrs != uploaded_step_ptrs_;
   bool coefs_changed = false;
   if (!uniform && !layout_changed && step_ptrs == nullptr) {
     for (int64_t i = 0; i < n && !coefs_changed; ++i) coefs_changed = !same_coefs(table.entries[i], uploaded_[i]);
@@ -99,6 +109,7 @@ DeviceTable DeviceTableCache::sync(const BucketTable& table, const std::vector<v
   }
   if (layout_changed || coefs_changed) {
     uploaded_.assign(table.entries, table.entries + n);
+    uploaded_step_ptrs_ = step_ptrs ? *step_ptrs : std::vector<void*>();
     const size_t entry_bytes = n * sizeof(TensorEntry), prefix_bytes = (n + 1) * sizeof(int64_t);
     const size_t step_bytes = step_ptrs ? n * sizeof(void*) : 0;
     staging_.resize(entry_bytes + prefix_bytes + step_bytes);
@@ -138,7 +149,9 @@ DeviceSegments DeviceTableCache::upload_segments(const std::vector<Segment>& seg
                     (count == 0 || std::memcmp(segments.data(), uploaded_segments_.data(), count * sizeof(Segment)) == 0);
   if (!same && count > 0) {
     retire_if_captured(segment_buffer_, segments_captured_);
+    const bool fresh = !segment_buffer_.defined() || segment_buffer_.numel() < count * int64_t(sizeof(Segment));
     upload(segment_buffer_, segments.data(), segments.size() * sizeof(Segment));
+    if (fresh) segment_stream_ = c10::impl::VirtualGuardImpl(device_.type()).getStream(device_);
     uploaded_segments_ = segments;
   }
   sums_ = at::empty({count * num_sums}, at::TensorOptions().dtype(at::kDouble).device(device_));
@@ -147,9 +160,9 @@ DeviceSegments DeviceTableCache::upload_segments(const std::vector<Segment>& seg
 }
 
 at::Tensor DeviceTableCache::grad_norm(const BucketTable& table, const math::GradNormHyper& hyper,
-                                       const std::vector<Segment>& segments) {
+                                       const std::vector<Segment>& segments, const std::vector<void*>* step_ptrs) {
   const c10::DeviceGuard guard(device_);
-  const DeviceTable device_table = sync(table, nullptr);
+  const DeviceTable device_table = sync(table, step_ptrs);
   const DeviceSegments device_segments = upload_segments(segments, 1);
   at::Tensor total = at::empty({}, at::TensorOptions().dtype(at::kDouble).device(device_));
   const Launch where = launch();

@@ -67,8 +67,10 @@ class DeviceTableCache {
 
   // The grad norm's reduced value of `table`'s grads over `segments` (NOTE: [Precision options on
   // CUDA]): a 0-dim float64 tensor on the device, written on the current stream; no host sync.
+  // step_ptrs: as run_device_steps gets them for a bucket with device steps (so the table
+  // uploaded for the norm serves the step as well), else nullptr.
   at::Tensor grad_norm(const BucketTable& table, const math::GradNormHyper& hyper,
-                       const std::vector<Segment>& segments);
+                       const std::vector<Segment>& segments, const std::vector<void*>* step_ptrs);
 
  private:
   // Uploads what changed of `table` (pointers and sizes, or coefficients that differ between
@@ -100,15 +102,17 @@ class DeviceTableCache {
   c10::Device device_;
   int grid_;
   at::Tensor table_buffer_;  // device: entries, the padded prefix, then (device steps) step pointers
-  c10::Stream table_stream_;  // the stream table_buffer_ (and, nearly always, segment_buffer_) was allocated on
+  c10::Stream table_stream_;  // the stream table_buffer_ was allocated on
+  c10::Stream segment_stream_;  // the stream segment_buffer_ was allocated on
   bool table_captured_ = false;
-  std::vector<at::Tensor> captured_tables_;  // NOTE: [Captured tables]
+  std::vector<at::Tensor> captured_tables_;  // and staging blocks of captured uploads: NOTE: [Captured tables]
   float* const* device_steps_ = nullptr;
   at::Tensor segment_buffer_;
   bool segments_captured_ = false;
   std::vector<Segment> uploaded_segments_;  // what segment_buffer_ holds
   at::Tensor sums_;
   std::vector<TensorEntry> uploaded_;  // what table_buffer_ holds
+  std::vector<void*> uploaded_step_ptrs_;  // and the step pointers after it (device steps), or none
   std::vector<int64_t> padded_prefix_;
   std::vector<unsigned char> staging_;
 };

@@ -372,7 +372,8 @@ def test_options_on_cuda_match_the_cpu_kernels(config, dtype, options):
             if torch.is_tensor(value) and value.dim() > 0:
                 got = f_opt.state[pf][key]
                 assert got.dtype == value.dtype and got.is_cuda, key
-                torch.testing.assert_close(got.cpu().double(), value.double(), rtol=max(tol, 1e-5), atol=max(tol, 1e-6))
+                state_tol = 1e-2 if value.element_size() == 2 else max(tol, 1e-5)  # a 16-bit rounding flip
+                torch.testing.assert_close(got.cpu().double(), value.double(), rtol=state_tol, atol=state_tol)
 
 
 @pytest.mark.parametrize("norm_type", [2.0, 1.0, float("inf"), 3.0], ids=str)

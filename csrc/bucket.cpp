@@ -192,6 +192,7 @@ Bucket::Status Bucket::prepare() {
   entries_.clear();
   prefix_.clear();
   entry_params_.clear();
+  entry_step_ptrs_.clear();
   grad_copies_.clear();
   segments_numel_ = 0;
   grad_scale_ = 1.0;
@@ -231,6 +232,7 @@ Bucket::Status Bucket::prepare() {
     entries_.push_back(entry);
     prefix_.push_back(total);
     entry_params_.push_back(i);
+    if (device_scalars_) entry_step_ptrs_.push_back(scalar_ptrs_[0][i]);
     total += numel;
   }
   prefix_.push_back(total);
@@ -275,13 +277,6 @@ void Bucket::set_rounding_step(at::Tensor step) {
   rounding_step_ = std::move(step);
 }
 
-std::vector<void*> Bucket::entry_scalar_ptrs(int k) const {
-  std::vector<void*> out;
-  out.reserve(entry_params_.size());
-  for (int64_t i : entry_params_) out.push_back(scalar_ptrs_[k][i]);
-  return out;
-}
-
 const std::vector<double>& Bucket::advance_steps() {
   TORCH_CHECK(!scalars_.empty(), "fusedoptim: this bucket keeps no step counters");
   TORCH_CHECK(!device_scalars_, "fusedoptim: this bucket's step counters are on ", device_);
@@ -314,8 +309,8 @@ bool Bucket::scalar_is_double(int k, size_t entry) const { return scalar_is_doub
 
 at::Tensor Bucket::device_grad_norm(const math::GradNormHyper& hyper) {
   TORCH_CHECK(device_table_ != nullptr, "fusedoptim: device_grad_norm is for CUDA buckets");
-  const std::vector<void*> step_ptrs = device_scalars_ ? entry_scalar_ptrs(0) : std::vector<void*>();
-  return device_table_->grad_norm(table(), hyper, segments(cpu::kSegmentNumel), device_scalars_ ? &step_ptrs : nullptr);
+  return device_table_->grad_norm(table(), hyper, segments(cpu::kSegmentNumel),
+                                  device_scalars_ ? &entry_step_ptrs_ : nullptr);
 }
 
 const std::vector<Segment>& Bucket::segments(int64_t max_numel) {

@@ -17,7 +17,7 @@ void adam_step(Bucket& bucket, const math::AdamHyper& hyper,
                const float* found_inf) {
   if (bucket.device_scalars()) {  // NOTE: [Device steps and GradScaler] (Python-float hyperparameters)
     bucket.device_table()->run_device_steps(&cuda::KernelTable::adam_steps, &cuda::KernelTable::adam, bucket.table(),
-                                            hyper, bucket.entry_scalar_ptrs(0), grad_scale, found_inf);
+                                            hyper, bucket.entry_step_ptrs(), grad_scale, found_inf);
     return;
   }
   TORCH_CHECK(grad_scale == nullptr && found_inf == nullptr,

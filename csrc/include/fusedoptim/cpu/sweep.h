@@ -86,17 +86,11 @@ struct RuleBody {
     }
   }
 
-  // The param rounded stochastically, each lane with the random bits of its flat index.
+  // The param rounded stochastically, each lane with the random bits of its flat index
+  // (the vector hash and rounding give the scalar ones' bits: NOTE: [Stochastic rounding]).
   template <typename V>
   FO_INLINE void store_param_stochastic(Storage* p, V param, int64_t flat) const {
-    constexpr int W = width_of<V>::value;
-    float lanes[W];
-    if constexpr (W > 1) {
-      store(lanes, param);
-    } else {
-      lanes[0] = param;
-    }
-    for (int l = 0; l < W; ++l) store_stochastic(p + l, lanes[l], rounding_bits(rounding_seed, uint64_t(flat + l)));
+    store_stochastic(p, param, rounding_seed, uint64_t(flat));
   }
 
   template <typename V>

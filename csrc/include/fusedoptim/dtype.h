@@ -89,7 +89,7 @@ FO_HOST_DEVICE FO_INLINE fp16_t to_fp16(float f) {
 // integer vectors of cpu/vec.h for a vector of consecutive indices, so every instruction set
 // draws the same bits for the same index.
 template <typename U>
-FO_HOST_DEVICE FO_INLINE U fo_mix32(U x) {
+FO_HOST_DEVICE FO_INLINE U mix32_lanes(U x) {
   x = x ^ (x >> 16);
   x = x * U(0x7FEB352Du);
   x = x ^ (x >> 15);
@@ -101,8 +101,10 @@ FO_HOST_DEVICE FO_INLINE U fo_mix32(U x) {
 // The random bits of the elements whose indices have these low and high 32-bit halves.
 template <typename U>
 FO_HOST_DEVICE FO_INLINE U rounding_bits_of_halves(uint64_t seed, U index_lo, U index_hi) {
-  return fo_mix32(fo_mix32(index_lo ^ U(uint32_t(seed))) + index_hi * U(0x9E3779B9u) + U(uint32_t(seed >> 32)));
+  return mix32_lanes(mix32_lanes(index_lo ^ U(uint32_t(seed))) + index_hi * U(0x9E3779B9u) + U(uint32_t(seed >> 32)));
 }
+
+FO_HOST_DEVICE FO_INLINE uint32_t fo_mix32(uint32_t x) { return mix32_lanes(x); }
 
 FO_HOST_DEVICE FO_INLINE uint32_t rounding_bits(uint64_t seed, uint64_t index) {
   return rounding_bits_of_halves(seed, uint32_t(index), uint32_t(index >> 32));

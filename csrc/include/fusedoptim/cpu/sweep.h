@@ -52,8 +52,9 @@ template <typename T, typename F> struct pick_type<false, T, F> { using type = F
 // so a sweep over many arrays at once waits on memory more than the bytes require. Asking for
 // each array's line some distance ahead (a prefetch, which changes no result) helped where a
 // pass streams many arrays or little else: the master-weights step (six arrays; from
-// 1.18-1.27x to 1.08-1.16x the fp32 step's time in A/B runs) and the grad-norm pass (~5-10%).
-// The plain fp32 and 16-bit steps were not changed (see benchmarks/RESULTS.md, issue 5).
+// 1.18-1.27x to 1.08-1.16x the fp32 step's time in a two-step A/B, a few percent in
+// bench_master.py) and the grad-norm pass (~5-10%). The plain fp32 and 16-bit steps were not
+// changed (see benchmarks/RESULTS.md, issue 5).
 constexpr int64_t kMasterPrefetchElements = 256;
 constexpr int64_t kGradNormPrefetchBytes = 4096;
 constexpr int64_t kCacheLineBytes = 64;

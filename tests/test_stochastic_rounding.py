@@ -98,6 +98,46 @@ def test_isas_agree():
     assert all(torch.equal(results[0], r) for r in results[1:])
 
 
+def _wide_values(dtype, n, generator):
+    """fp32 values over the dtype's whole range (subnormals, the fp16 limit 65504 and past it),
+    with signed zeros, infinities and NaN at scattered positions."""
+    info = torch.finfo(dtype)
+    low, high = math.floor(math.log2(info.smallest_normal)) - 10, math.ceil(math.log2(info.max)) + 1
+    exponents = torch.randint(low, high, (n,), generator=generator).float()
+    values = torch.randn(n, generator=generator) * torch.exp2(exponents)
+    specials = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan, 65504.0, -65504.0, 65519.0, 65520.0])
+    values[7::97] = specials.repeat(n // 97 // len(specials) + 1)[: len(values[7::97])]
+    return values
+
+
+@pytest.mark.parametrize("optim, options", [("SGD", dict(lr=0.37, momentum=0.9)), ("AdamW", dict(lr=0.37))])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_vector_isas_round_like_scalar(dtype, optim, options):
+    """The SIMD hash and rounding (cpu/vec.h) give the scalar path's bits (dtype.h), element
+    for element: every vector-body and tail position, values over the whole range."""
+    g = torch.Generator().manual_seed(11)
+    sizes = [4097, 1, 7, 8, 9, 15, 16, 17, 31, 33, 65537]
+    values = [_wide_values(dtype, n, g).to(dtype) for n in sizes]
+    grads = [[_wide_values(dtype, n, g).to(dtype) for n in sizes] for _ in range(2)]
+    results = {}
+    previous = fusedoptim.cpu_capability()
+    try:
+        for name in fusedoptim.available_cpu_capabilities():
+            fusedoptim.set_cpu_capability(name)
+            params = [v.clone().requires_grad_() for v in values]
+            opt = fused_cls(optim)(params, stochastic_rounding=True, **options)
+            torch.manual_seed(5)
+            for step_grads in grads:  # the second step rounds with another seed
+                for p, grad in zip(params, step_grads):
+                    p.grad = grad.clone()
+                opt.step()
+            results[name] = torch.cat([p.detach().view(torch.int16) for p in params])
+    finally:
+        fusedoptim.set_cpu_capability(previous)
+    for name, bits in results.items():
+        assert torch.equal(bits, results["scalar"]), name
+
+
 def test_small_updates_survive_where_round_to_nearest_stalls():
     """AdamW with positive grads: every step moves each param down by ~lr = 1e-4, far below
     half a bf16 ulp at 1 (2^-9). Round to nearest never moves the params; stochastic rounding

@@ -9,6 +9,7 @@
 //    cannot be bit-identical across instruction sets (lanes sum in another order): their
 //    per-segment sums must agree with a double-precision reference within rounding, and the
 //    states they update must still be bit-identical;
+//  * stochastic rounding (bf16, fp16) is bit-identical too, at flat indices past 2^32;
 //  * the half conversions round-trip;
 //  * the fp64 Adam, Rprop, ASGD and RAdam rules agree with a plain double-precision
 //    transcription of torch.optim's formulas.
@@ -549,6 +550,43 @@ void check_all_kernels(CpuCapability isa, const char* dtype_name) {
 #undef FO_CHECK_KERNEL
 }
 
+// stochastic_rounding=True (NOTE: [Stochastic rounding]): the SIMD hash and rounding give the
+// scalar bits, with the flat index space starting at 0 and just below 2^32 and 5 * 2^32 (where
+// the low halves of a vector's indices wrap and carry into the high half), values of every
+// magnitude.
+template <typename T>
+void check_stochastic_rounding(CpuCapability isa, const char* dn) {
+  math::SgdHyper h{};
+  h.lr = 0.37;
+  h.momentum = 0.9;
+  const auto spread_magnitudes = [](TestBucket<T>& b) {
+    for (size_t t = 0; t < b.entries.size(); ++t)
+      for (int64_t i = 0; i < b.entries[t].numel; ++i)
+        for (int s : {kParamSlot, kGradSlot}) b.set(s, t, i, std::ldexp(b.get(s, t, i), int((i * 7 + s) % 44) - 27));
+  };
+  for (int64_t offset : {int64_t(0), (int64_t(1) << 32) - 301, (int64_t(5) << 32) - 1000}) {
+    for (bool specials : {false, true}) {
+      TestBucket<T> expected(kSizes, 71, kDefaultFills, specials), actual(kSizes, 71, kDefaultFills, specials);
+      for (TestBucket<T>* b : {&expected, &actual}) {
+        spread_magnitudes(*b);
+        for (int64_t& start : b->prefix) start += offset;
+      }
+      BucketTable scalar_table = expected.table(), isa_table = actual.table();
+      for (BucketTable* t : {&scalar_table, &isa_table}) {
+        t->stochastic_rounding = true;
+        t->rounding_seed = 0x0123456789ABCDEFull + uint64_t(offset);
+      }
+      const int64_t begin = offset, end = expected.prefix.back();
+      kernels_for(CpuCapability::kScalar).sgd(scalar_table, h, begin, end);
+      const int64_t cuts[] = {begin, begin + 5, begin + 37, (begin + end) / 2 + 3, end};
+      for (int c = 0; c + 1 < 5; ++c) kernels_for(isa).sgd(isa_table, h, cuts[c], cuts[c + 1]);
+      const char* where = "";
+      EXPECT(expected.same_bits(actual, specials, &where), "stochastic sgd %s %s, flat offset %lld%s: %s",
+             capability_name(isa), dn, static_cast<long long>(offset), specials ? " (special values)" : "", where);
+    }
+  }
+}
+
 // ----------------------------------------------------------------------------- misc
 
 void check_half_round_trips() {
@@ -716,6 +754,8 @@ int main() {
     check_all_kernels<double>(isa, "fp64");
     check_all_kernels<bf16_t>(isa, "bf16");
     check_all_kernels<fp16_t>(isa, "fp16");
+    check_stochastic_rounding<bf16_t>(isa, "bf16");
+    check_stochastic_rounding<fp16_t>(isa, "fp16");
     if (c > 0) ++checked;
   }
   std::printf("%d instruction sets checked against scalar; %d checks; %d failures\n", checked, checks, failures);

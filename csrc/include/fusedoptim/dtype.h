@@ -84,18 +84,30 @@ FO_HOST_DEVICE FO_INLINE fp16_t to_fp16(float f) {
 // bits, truncated. fp16: the nearest half and its other neighbour, the other one chosen with
 // probability |x - nearest| / ulp. NaN and infinities stay as round-to-nearest gives them;
 // fp16 values of magnitude >= 65504 too (their upper neighbour would be infinity).
-FO_HOST_DEVICE FO_INLINE uint32_t fo_mix32(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7FEB352Du;
-  x ^= x >> 15;
-  x *= 0x846CA68Bu;
-  x ^= x >> 16;
+//
+// The hash is written once over a type U of unsigned 32-bit lanes: uint32_t here, the SIMD
+// integer vectors of cpu/vec.h for a vector of consecutive indices, so every instruction set
+// draws the same bits for the same index.
+template <typename U>
+FO_HOST_DEVICE FO_INLINE U mix32_lanes(U x) {
+  x = x ^ (x >> 16);
+  x = x * U(0x7FEB352Du);
+  x = x ^ (x >> 15);
+  x = x * U(0x846CA68Bu);
+  x = x ^ (x >> 16);
   return x;
 }
 
+// The random bits of the elements whose indices have these low and high 32-bit halves.
+template <typename U>
+FO_HOST_DEVICE FO_INLINE U rounding_bits_of_halves(uint64_t seed, U index_lo, U index_hi) {
+  return mix32_lanes(mix32_lanes(index_lo ^ U(uint32_t(seed))) + index_hi * U(0x9E3779B9u) + U(uint32_t(seed >> 32)));
+}
+
+FO_HOST_DEVICE FO_INLINE uint32_t fo_mix32(uint32_t x) { return mix32_lanes(x); }
+
 FO_HOST_DEVICE FO_INLINE uint32_t rounding_bits(uint64_t seed, uint64_t index) {
-  return fo_mix32(fo_mix32(uint32_t(index) ^ uint32_t(seed)) + uint32_t(index >> 32) * 0x9E3779B9u +
-                  uint32_t(seed >> 32));
+  return rounding_bits_of_halves(seed, uint32_t(index), uint32_t(index >> 32));
 }
 
 FO_HOST_DEVICE FO_INLINE bf16_t to_bf16_stochastic(float f, uint32_t bits) {

@@ -46,6 +46,19 @@ template <typename T, typename F> struct pick_type<false, T, F> { using type = F
 // param would round them away. The states are fp32 with master weights; only bf16 and fp16
 // params with fp32 states are instantiated.
 
+// NOTE: [Prefetching streams]
+// On the 2-core development VM one core cannot keep enough cache misses in flight to stream
+// at the machine's bandwidth (a copy on one thread runs at about half the two threads' rate),
+// so a sweep over many arrays at once waits on memory more than the bytes require. Asking for
+// each array's line some distance ahead (a prefetch, which changes no result) helped where a
+// pass streams many arrays or little else: the master-weights step (six arrays; from
+// 1.18-1.27x to 1.08-1.16x the fp32 step's time in a two-step A/B, a few percent in
+// bench_master.py) and the grad-norm pass (~5-10%). The plain fp32 and 16-bit steps were not
+// changed (see benchmarks/RESULTS.md, issue 5).
+constexpr int64_t kMasterPrefetchElements = 256;
+constexpr int64_t kGradNormPrefetchBytes = 4096;
+constexpr int64_t kCacheLineBytes = 64;
+
 // One element (or vector) of a rule: load the param, grad and the states the rule uses, run
 // it, store. Slots: param, grad, then the rule's states in order (bucket_table.h). States are
 // stored as StateStorage (NOTE: [State dtypes]); the math type is the param storage's. With
@@ -86,17 +99,11 @@ struct RuleBody {
     }
   }
 
-  // The param rounded stochastically, each lane with the random bits of its flat index.
+  // The param rounded stochastically, each lane with the random bits of its flat index
+  // (the vector hash and rounding give the scalar ones' bits: NOTE: [Stochastic rounding]).
   template <typename V>
   FO_INLINE void store_param_stochastic(Storage* p, V param, int64_t flat) const {
-    constexpr int W = width_of<V>::value;
-    float lanes[W];
-    if constexpr (W > 1) {
-      store(lanes, param);
-    } else {
-      lanes[0] = param;
-    }
-    for (int l = 0; l < W; ++l) store_stochastic(p + l, lanes[l], rounding_bits(rounding_seed, uint64_t(flat + l)));
+    store_stochastic(p, param, rounding_seed, uint64_t(flat));
   }
 
   template <typename V>
@@ -113,9 +120,21 @@ struct RuleBody {
     }
   }
 
+  // Every array of a master-weights step, kMasterPrefetchElements ahead (NOTE: [Prefetching streams]).
+  FO_INLINE void prefetch_master_streams(const TensorEntry& e, int64_t i) const {
+    const int64_t ahead = i + kMasterPrefetchElements;
+    __builtin_prefetch(static_cast<const float*>(e.ptr[kParamSlot]) + ahead, 1);
+    __builtin_prefetch(static_cast<const Storage*>(e.ptr[kGradSlot]) + ahead, 0);
+    for (int k = 0; k < kMaxStates; ++k) {
+      if (k < rule.num_states) __builtin_prefetch(static_cast<const float*>(e.ptr[kFirstStateSlot + k]) + ahead, 1);
+    }
+    __builtin_prefetch(static_cast<const Storage*>(e.ptr[kParam16Slot]) + ahead, 1);
+  }
+
   // i: the element's index in its tensor; flat: in the bucket's flat index space.
   template <typename V>
   FO_INLINE void apply(const TensorEntry& e, const Coefs& coefs, int64_t i, int64_t flat) const {
+    if constexpr (kMaster && width_of<V>::value > 1) prefetch_master_streams(e, i);
     V param = load<V>(static_cast<const ParamStorage*>(e.ptr[kParamSlot]) + i);
     const V grad = load_grad<V>(e, i);
     V state[kMaxStates > 0 ? kMaxStates : 1];
@@ -294,7 +313,10 @@ FO_INLINE double grad_norm_segment(const BucketTable& table, const Segment& segm
   if constexpr (W > 1) {
     V acc[kAccumulators];
     for (int a = 0; a < kAccumulators; ++a) acc[a] = V(0.0);
+    constexpr int64_t kStepBytes = int64_t(kAccumulators) * W * int64_t(sizeof(Storage));
     for (; j + kAccumulators * W <= segment.end; j += kAccumulators * W) {
+      const char* ahead = reinterpret_cast<const char*>(grad + j) + kGradNormPrefetchBytes;  // NOTE: [Prefetching streams]
+      for (int64_t line = 0; line < kStepBytes; line += kCacheLineBytes) __builtin_prefetch(ahead + line, 0);
       for (int a = 0; a < kAccumulators; ++a) acc[a] = rule.combine(acc[a], rule.term(load<V>(grad + j + a * W)));
     }
     for (; j + W <= segment.end; j += W) acc[0] = rule.combine(acc[0], rule.term(load<V>(grad + j)));

@@ -33,6 +33,12 @@ template <> struct Loader<double> {
 template <typename V, typename Storage> FO_INLINE V load(const Storage* p) { return Loader<V>::load(p); }
 template <typename Storage> FO_INLINE void store(Storage* p, float v) { store_scalar(p, v); }
 FO_INLINE void store(double* p, double v) { *p = v; }
+// Stochastic rounding of the element with flat index `index` (NOTE: [Stochastic rounding]);
+// the vector overloads below round lanes first_index, first_index + 1, ... to the same bits.
+template <typename Storage>
+FO_INLINE void store_stochastic(Storage* p, float v, uint64_t seed, uint64_t index) {
+  store_stochastic(p, v, rounding_bits(seed, index));
+}
 
 #define FO_VEC_ARITH(Vec, add, sub, mul, div)                                            \
   friend FO_INLINE Vec operator+(Vec a, Vec b) { return Vec(add(a.v, b.v)); }            \
@@ -153,6 +159,55 @@ FO_INLINE void store(fp16_t* p, Vec16f x) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 
+// Sixteen unsigned 32-bit lanes, for the rounding-bits hash of dtype.h.
+struct Vec16u {
+  __m512i v;
+  FO_INLINE Vec16u() = default;
+  FO_INLINE explicit Vec16u(__m512i x) : v(x) {}
+  FO_INLINE explicit Vec16u(uint32_t s) : v(_mm512_set1_epi32(int(s))) {}
+  friend FO_INLINE Vec16u operator+(Vec16u a, Vec16u b) { return Vec16u(_mm512_add_epi32(a.v, b.v)); }
+  friend FO_INLINE Vec16u operator*(Vec16u a, Vec16u b) { return Vec16u(_mm512_mullo_epi32(a.v, b.v)); }
+  friend FO_INLINE Vec16u operator^(Vec16u a, Vec16u b) { return Vec16u(_mm512_xor_si512(a.v, b.v)); }
+  friend FO_INLINE Vec16u operator>>(Vec16u a, int n) { return Vec16u(_mm512_srli_epi32(a.v, n)); }
+};
+
+// rounding_bits(seed, first + l) in lane l.
+FO_INLINE Vec16u rounding_bits_lanes(uint64_t seed, uint64_t first) {
+  const __m512i base = _mm512_set1_epi32(int(uint32_t(first)));
+  const __m512i lo = _mm512_add_epi32(base, _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  const __m512i hi = _mm512_set1_epi32(int(uint32_t(first >> 32)));
+  const __mmask16 carry = _mm512_cmplt_epu32_mask(lo, base);  // the low half wrapped past 2^32
+  return rounding_bits_of_halves(seed, Vec16u(lo), Vec16u(_mm512_mask_add_epi32(hi, carry, hi, _mm512_set1_epi32(1))));
+}
+
+// to_bf16_stochastic and to_fp16_stochastic (dtype.h) lane by lane, bit for bit.
+FO_INLINE void store_stochastic(bf16_t* p, Vec16f x, Vec16u bits) {
+  const __m512i truncated = _mm512_srli_epi32(_mm512_add_epi32(_mm512_castps_si512(x.v), _mm512_srli_epi32(bits.v, 16)), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q);
+  const __m512i result = _mm512_mask_blend_epi32(nan, truncated, _mm512_set1_epi32(0x7FC0));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(result));
+}
+FO_INLINE void store_stochastic(fp16_t* p, Vec16f x, Vec16u bits) {
+  const __m256i nearest_half = _mm512_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 nearest_value = _mm512_cvtph_ps(nearest_half);
+  const __m512i nearest = _mm512_cvtepu16_epi32(nearest_half);
+  const __m512 abs_x = fo_abs(x).v;
+  const __mmask16 up = _mm512_cmp_ps_mask(fo_abs(Vec16f(nearest_value)).v, abs_x, _CMP_LT_OQ);
+  const __m512i other = _mm512_add_epi32(nearest, _mm512_mask_blend_epi32(up, _mm512_set1_epi32(-1), _mm512_set1_epi32(1)));
+  const __m512 other_value = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(other));
+  const __m512 chance = _mm512_div_ps(_mm512_sub_ps(x.v, nearest_value), _mm512_sub_ps(other_value, nearest_value));
+  const __m512 uniform = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(bits.v, 8)), _mm512_set1_ps(0x1.0p-24f));
+  const __mmask16 keep = _mm512_cmp_ps_mask(abs_x, _mm512_set1_ps(65504.0f), _CMP_NLT_UQ) |
+                         _mm512_cmp_ps_mask(nearest_value, x.v, _CMP_EQ_OQ);
+  const __mmask16 take_other = _mm512_cmp_ps_mask(uniform, chance, _CMP_LT_OQ) & ~keep;
+  const __m512i result = _mm512_mask_blend_epi32(take_other, nearest, other);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(result));
+}
+template <typename Storage>
+FO_INLINE void store_stochastic(Storage* p, Vec16f x, uint64_t seed, uint64_t first_index) {
+  store_stochastic(p, x, rounding_bits_lanes(seed, first_index));
+}
+
 #elif defined(__AVX2__)
 
 struct Vec8f {
@@ -253,6 +308,11 @@ template <> struct Loader<Vec4d> {
 
 FO_INLINE void store(float* p, Vec8f x) { _mm256_storeu_ps(p, x.v); }
 FO_INLINE void store(double* p, Vec4d x) { _mm256_storeu_pd(p, x.v); }
+// 8 x u32 (each < 2^16) as 8 x u16; packus works per 128-bit lane, so fix the order.
+FO_INLINE __m128i narrow_to_u16(__m256i lanes) {
+  return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(lanes, lanes), 0xD8));
+}
+
 FO_INLINE void store(bf16_t* p, Vec8f x) {
   // Round to nearest even as to_bf16 does, quiet NaN for NaN.
   const __m256i u = _mm256_castps_si256(x.v);
@@ -260,12 +320,63 @@ FO_INLINE void store(bf16_t* p, Vec8f x) {
   __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
   const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q));
   rounded = _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0), nan);
-  // Pack 8 x u32 (each < 2^16) into 8 x u16; packus works per 128-bit lane, so fix the order.
-  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(rounded, rounded), 0xD8);
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), narrow_to_u16(rounded));
 }
 FO_INLINE void store(fp16_t* p, Vec8f x) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+// Eight unsigned 32-bit lanes, for the rounding-bits hash of dtype.h.
+struct Vec8u {
+  __m256i v;
+  FO_INLINE Vec8u() = default;
+  FO_INLINE explicit Vec8u(__m256i x) : v(x) {}
+  FO_INLINE explicit Vec8u(uint32_t s) : v(_mm256_set1_epi32(int(s))) {}
+  friend FO_INLINE Vec8u operator+(Vec8u a, Vec8u b) { return Vec8u(_mm256_add_epi32(a.v, b.v)); }
+  friend FO_INLINE Vec8u operator*(Vec8u a, Vec8u b) { return Vec8u(_mm256_mullo_epi32(a.v, b.v)); }
+  friend FO_INLINE Vec8u operator^(Vec8u a, Vec8u b) { return Vec8u(_mm256_xor_si256(a.v, b.v)); }
+  friend FO_INLINE Vec8u operator>>(Vec8u a, int n) { return Vec8u(_mm256_srli_epi32(a.v, n)); }
+};
+
+// rounding_bits(seed, first + l) in lane l.
+FO_INLINE Vec8u rounding_bits_lanes(uint64_t seed, uint64_t first) {
+  const __m256i base = _mm256_set1_epi32(int(uint32_t(first)));
+  const __m256i lo = _mm256_add_epi32(base, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  // The low half wrapped past 2^32 where lo < base unsigned (compared as signed, sign flipped):
+  // those lanes carry one into the high half (the mask is -1 there).
+  const __m256i sign = _mm256_set1_epi32(INT32_MIN);
+  const __m256i carry = _mm256_cmpgt_epi32(_mm256_xor_si256(base, sign), _mm256_xor_si256(lo, sign));
+  const __m256i hi = _mm256_sub_epi32(_mm256_set1_epi32(int(uint32_t(first >> 32))), carry);
+  return rounding_bits_of_halves(seed, Vec8u(lo), Vec8u(hi));
+}
+
+// to_bf16_stochastic and to_fp16_stochastic (dtype.h) lane by lane, bit for bit.
+FO_INLINE void store_stochastic(bf16_t* p, Vec8f x, Vec8u bits) {
+  __m256i truncated = _mm256_srli_epi32(_mm256_add_epi32(_mm256_castps_si256(x.v), _mm256_srli_epi32(bits.v, 16)), 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q));
+  truncated = _mm256_blendv_epi8(truncated, _mm256_set1_epi32(0x7FC0), nan);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), narrow_to_u16(truncated));
+}
+FO_INLINE void store_stochastic(fp16_t* p, Vec8f x, Vec8u bits) {
+  const __m128i nearest_half = _mm256_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 nearest_value = _mm256_cvtph_ps(nearest_half);
+  const __m256i nearest = _mm256_cvtepu16_epi32(nearest_half);
+  const __m256 abs_x = fo_abs(x).v;
+  const __m256 up = _mm256_cmp_ps(fo_abs(Vec8f(nearest_value)).v, abs_x, _CMP_LT_OQ);
+  const __m256i step = _mm256_blendv_epi8(_mm256_set1_epi32(-1), _mm256_set1_epi32(1), _mm256_castps_si256(up));
+  const __m256i other = _mm256_add_epi32(nearest, step);
+  const __m256 other_value = _mm256_cvtph_ps(narrow_to_u16(other));
+  const __m256 chance = _mm256_div_ps(_mm256_sub_ps(x.v, nearest_value), _mm256_sub_ps(other_value, nearest_value));
+  const __m256 uniform = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(bits.v, 8)), _mm256_set1_ps(0x1.0p-24f));
+  const __m256 keep = _mm256_or_ps(_mm256_cmp_ps(abs_x, _mm256_set1_ps(65504.0f), _CMP_NLT_UQ),
+                                   _mm256_cmp_ps(nearest_value, x.v, _CMP_EQ_OQ));
+  const __m256 take_other = _mm256_andnot_ps(keep, _mm256_cmp_ps(uniform, chance, _CMP_LT_OQ));
+  const __m256i result = _mm256_blendv_epi8(nearest, other, _mm256_castps_si256(take_other));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), narrow_to_u16(result));
+}
+template <typename Storage>
+FO_INLINE void store_stochastic(Storage* p, Vec8f x, uint64_t seed, uint64_t first_index) {
+  store_stochastic(p, x, rounding_bits_lanes(seed, first_index));
 }
 
 #endif

@@ -74,6 +74,24 @@ def _run(cls, config, kwargs_fn, values, grads):
     return opt, params
 
 
+def _capture_step(opt, static_grads=(), warm_up_grads=((),)):
+    """Warm-up steps on a side stream (they build the plan, the state and the device tables, as
+    torch's graph recipe asks), each after copying its grads into `static_grads`; then one step
+    captured in a CUDA graph, which is returned."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for grads in warm_up_grads:
+            for g, value in zip(static_grads, grads):
+                g.copy_(value)
+            opt.step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    return graph
+
+
 def _check_paths(config, opt):
     if _expects_fused(config):
         assert_fused_path(opt)
@@ -278,18 +296,8 @@ def test_captured_step_replays_like_eager_torch(optim, kwargs):
     for p, g in zip(f_params, static_grads):
         p.grad = g
     f_opt = getattr(fusedoptim, optim)(f_params, **kwargs)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm-up steps build the plan and the state
-        for step in range(2):
-            for g, value in zip(static_grads, grads[step]):
-                g.copy_(value)
-            f_opt.step()
-    torch.cuda.current_stream().wait_stream(stream)
+    graph = _capture_step(f_opt, static_grads, grads[:2])
     assert_fused_path(f_opt)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        f_opt.step()
     for step in range(2, 6):
         for g, value in zip(static_grads, grads[step]):
             g.copy_(value)
@@ -439,17 +447,7 @@ def test_captured_step_with_options_replays_like_eager(options):
     for p, g in zip(c_params, static_grads):
         p.grad = g
     c_opt = fusedoptim.AdamW(c_params, lr=1e-2, capturable=True, **options)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for step in range(2):
-            for g, value in zip(static_grads, grads[step]):
-                g.copy_(value)
-            c_opt.step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        c_opt.step()
+    graph = _capture_step(c_opt, static_grads, grads[:2])
     for step in range(2, 6):
         for g, value in zip(static_grads, grads[step]):
             g.copy_(value)
@@ -486,14 +484,7 @@ def test_stochastic_rounding_under_a_graph_draws_new_bits_each_replay():
     p = torch.ones(n, dtype=torch.bfloat16, device="cuda", requires_grad=True)
     p.grad = torch.full_like(p, -0.5 * torch.finfo(torch.bfloat16).eps)
     opt = fusedoptim.SGD([p], lr=1.0, stochastic_rounding=True)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        opt.step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        opt.step()
+    graph = _capture_step(opt)
     results = []
     for _ in range(2):
         with torch.no_grad():

@@ -49,11 +49,15 @@ Launch DeviceTableCache::launch() {
   return Launch{stream.native_handle(), grid_};
 }
 
-void DeviceTableCache::note_capture(const Launch& launch) {
+bool DeviceTableCache::capturing(void* stream) {
   const char* error = nullptr;
-  const int capturing = kernels()->stream_capturing(launch.stream, &error);
-  TORCH_CHECK(capturing >= 0, "fusedoptim: cudaStreamIsCapturing failed: ", error);
-  if (capturing) table_captured_ = segments_captured_ = true;
+  const int status = kernels()->stream_capturing(stream, &error);
+  TORCH_CHECK(status >= 0, "fusedoptim: cudaStreamIsCapturing failed: ", error);
+  return status != 0;
+}
+
+void DeviceTableCache::note_capture(const Launch& launch) {
+  if (capturing(launch.stream)) table_captured_ = segments_captured_ = true;
 }
 
 void DeviceTableCache::retire_if_captured(at::Tensor& buffer, bool& captured) {
@@ -75,10 +79,7 @@ void DeviceTableCache::upload(at::Tensor& buffer, const void* data, size_t bytes
   std::memcpy(staging.data_ptr(), data, bytes);
   buffer.narrow(0, 0, size).copy_(staging, /*non_blocking=*/true);
   const c10::Stream stream = c10::impl::VirtualGuardImpl(device_.type()).getStream(device_);
-  const char* error = nullptr;
-  const int capturing = kernels()->stream_capturing(stream.native_handle(), &error);
-  TORCH_CHECK(capturing >= 0, "fusedoptim: cudaStreamIsCapturing failed: ", error);
-  if (capturing) captured_tables_.push_back(std::move(staging));
+  if (capturing(stream.native_handle())) captured_tables_.push_back(std::move(staging));
 }
 
 DeviceTable DeviceTableCache::sync(const BucketTable& table, const std::vector<void*>* step_ptrs) {

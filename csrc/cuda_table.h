@@ -90,6 +90,8 @@ class DeviceTableCache {
   // nor freed while the bucket lives: the next upload goes to a new buffer. (A plan rebuild makes new buckets; graphs
   // captured before it must be captured again, as after any change of the params.)
   void note_capture(const Launch& launch);
+  // Whether `stream` (a cudaStream_t) is capturing a CUDA graph.
+  static bool capturing(void* stream);
   // Copies `bytes` from host memory into `buffer` (grown as needed) on the current stream.
   void upload(at::Tensor& buffer, const void* data, size_t bytes);
   // The segments in device memory (uploaded when they changed) and a fresh output of num_sums

@@ -43,18 +43,22 @@ def _has_fused_kernel(norm_type):
 
 
 def _combine_reduced(a, b, norm_type):
-    """Two reduced values (sums of |g|^p, or maxima for inf) as one, NaN kept."""
+    """Two reduced values (sums of |g|^p, or maxima for inf) as one, NaN kept: Python floats,
+    or 0-dim tensors (CUDA buckets')."""
     if not math.isinf(norm_type):
         return a + b
+    if isinstance(a, torch.Tensor):
+        return torch.maximum(a, b)
     return a if math.isnan(a) else b if math.isnan(b) else max(a, b)
 
 
 def _norm_of_reduced(reduced, norm_type):
-    """The norm from the reduced value: sum |g|^p -> its 1/p power; max |g| as is."""
-    if math.isinf(norm_type):
+    """The norm from the reduced value (a Python float or a 0-dim tensor): sum |g|^p -> its
+    1/p power; max |g| as is."""
+    if math.isinf(norm_type) or norm_type == 1.0:
         return reduced
-    if norm_type == 1.0:
-        return reduced
+    if isinstance(reduced, torch.Tensor):
+        return torch.sqrt(reduced) if norm_type == 2.0 else torch.pow(reduced, 1.0 / norm_type)
     if norm_type == 2.0:
         return math.sqrt(reduced)
     return reduced ** (1.0 / norm_type)

@@ -231,6 +231,15 @@ def _uses_stochastic_rounding(group, param):
     return bool(group.get("stochastic_rounding")) and param.dtype in (torch.bfloat16, torch.float16)
 
 
+def _refuse_differentiable_and_dtensors(group, option):
+    """ValueError naming `option` for a group with differentiable=True or DTensor params, which
+    the option's kernels don't take."""
+    if group.get("differentiable"):
+        raise ValueError(f"{option} is not supported with differentiable=True")
+    if any(_dtensor.is_dtensor(p) for p in group["params"]):
+        raise ValueError(f"{option} is not supported with DTensor params yet")
+
+
 def _refused_on_reference_path(group, param):
     """The option of `group` the reference path can't honour for `param`, or None."""
     if _uses_master(group, param):
@@ -514,15 +523,6 @@ class _Plan:
         self.state_version = state.version
 
 
-def _norm_of_reduced_tensor(reduced, norm_type):
-    """fusedoptim.clip._norm_of_reduced on a 0-dim float64 tensor (a CUDA bucket's)."""
-    if math.isinf(norm_type) or norm_type == 1.0:
-        return reduced
-    if norm_type == 2.0:
-        return torch.sqrt(reduced)
-    return torch.pow(reduced, 1.0 / norm_type)
-
-
 def _rounding_seed():
     """A 64-bit seed from torch's default CPU generator (NOTE: [Stochastic rounding])."""
     return int(torch.empty((), dtype=torch.int64).random_())
@@ -667,18 +667,12 @@ class FusedOptimizer(Optimizer):
         if state_dtype is not None:
             if state_dtype not in _STATE_DTYPES:
                 raise ValueError(f"Invalid state_dtype value: {state_dtype}")
-            if group.get("differentiable"):
-                raise ValueError("state_dtype is not supported with differentiable=True")
-            if any(_dtensor.is_dtensor(p) for p in group["params"]):
-                raise ValueError("state_dtype is not supported with DTensor params yet")
+            _refuse_differentiable_and_dtensors(group, "state_dtype")
         master = group["master_weights"]
         if not isinstance(master, bool):
             raise ValueError(f"Invalid master_weights value: {master}")
         if master:
-            if group.get("differentiable"):
-                raise ValueError("master_weights is not supported with differentiable=True")
-            if any(_dtensor.is_dtensor(p) for p in group["params"]):
-                raise ValueError("master_weights is not supported with DTensor params yet")
+            _refuse_differentiable_and_dtensors(group, "master_weights")
             if state_dtype not in (None, torch.float32):
                 raise ValueError(
                     f"state_dtype={state_dtype} is not supported with master_weights=True: master weights keep "
@@ -691,10 +685,7 @@ class FusedOptimizer(Optimizer):
                 raise ValueError("stochastic_rounding and master_weights=True cannot be used together")
             if state_dtype is not None:
                 raise ValueError(f"state_dtype={state_dtype} is not supported with stochastic_rounding=True")
-            if group.get("differentiable"):
-                raise ValueError("stochastic_rounding is not supported with differentiable=True")
-            if any(_dtensor.is_dtensor(p) for p in group["params"]):
-                raise ValueError("stochastic_rounding is not supported with DTensor params yet")
+            _refuse_differentiable_and_dtensors(group, "stochastic_rounding")
         if not self._clips_grads:
             return
         max_norm, norm_type = group["max_grad_norm"], group["norm_type"]
@@ -946,8 +937,7 @@ class FusedOptimizer(Optimizer):
                 if bucket.device.type == "cuda":
                     value = bucket.compiled.device_grad_norm(norm_type)
                     old = device_reduced.get(bucket.device)
-                    device_reduced[bucket.device] = value if old is None else (
-                        torch.maximum(old, value) if math.isinf(norm_type) else old + value)
+                    device_reduced[bucket.device] = value if old is None else _combine_reduced(old, value, norm_type)
                 else:
                     value = bucket.compiled.grad_norm(norm_type)
                     reduced = value if reduced is None else _combine_reduced(reduced, value, norm_type)
@@ -959,7 +949,7 @@ class FusedOptimizer(Optimizer):
         for grad in others:
             dtype = torch.promote_types(dtype, _real_dtype(grad.dtype))
         norms = [] if reduced is None else [torch.tensor(_norm_of_reduced(reduced, norm_type), dtype=dtype)]
-        norms += [_norm_of_reduced_tensor(value, norm_type).to(dtype) for value in device_reduced.values()]
+        norms += [_norm_of_reduced(value, norm_type).to(dtype) for value in device_reduced.values()]
         if others:
             norms.append(torch.nn.utils.get_total_norm(others, norm_type))
         if len(norms) == 1:

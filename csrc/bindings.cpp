@@ -33,6 +33,15 @@ const float* device_float(const std::optional<at::Tensor>& tensor, const Bucket&
   return tensor->data_ptr<float>();
 }
 
+DeviceAmp device_amp(const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                     const Bucket& bucket) {
+  return {device_float(grad_scale, bucket, "grad_scale"), device_float(found_inf, bucket, "found_inf")};
+}
+
+// The trailing arguments of the steps that take GradScaler's tensors.
+#define FO_AMP_ARGS py::arg("grad_scale") = py::none(), py::arg("found_inf") = py::none()
+using MaybeTensor = std::optional<at::Tensor>;
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -67,16 +76,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
               std::optional<at::Tensor> grad_scale, std::optional<at::Tensor> found_inf) {
              const fusedoptim::math::AdamHyper hyper{lr,      beta1,    beta2,   eps, weight_decay, amsgrad,
                                                      maximize, decoupled_weight_decay, decay_factor};
-             const float* scale = device_float(grad_scale, b, "grad_scale");
-             const float* inf = device_float(found_inf, b, "found_inf");
+             const DeviceAmp amp = device_amp(grad_scale, found_inf, b);
              if (coefs_at_step.is_none()) {
                py::gil_scoped_release no_gil;
                adam_step(
                    b, hyper, [&](double step) { return fusedoptim::math::AdamStepCoefs::at_step(hyper, step); },
-                   scale, inf);
+                   amp);
              } else {
-               TORCH_CHECK(scale == nullptr && inf == nullptr,
-                           "fusedoptim: Tensor hyperparameters take no device-side grad_scale or found_inf");
+               TORCH_CHECK(!b.device_scalars(), "fusedoptim: Tensor hyperparameters take no device-side steps");
                // Called once per distinct step count, with the GIL held.
                adam_step(b, hyper, [&](double step) {
                  auto pair = coefs_at_step(step).cast<std::pair<double, double>>();
@@ -86,62 +93,93 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            },
            py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
            py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled_weight_decay"), py::arg("decay_factor"),
-           py::arg("coefs_at_step") = py::none(), py::arg("grad_scale") = py::none(),
-           py::arg("found_inf") = py::none())
+           py::arg("coefs_at_step") = py::none(), FO_AMP_ARGS)
       .def("sgd",
            [](Bucket& b, double lr, double momentum, double dampening, double weight_decay, bool nesterov,
               bool maximize) {
              py::gil_scoped_release no_gil;
              sgd_step(b, {lr, momentum, dampening, weight_decay, nesterov, maximize});
            })
-      // The other algorithms: hyperparameters as torch.optim names them, in its order.
+      // The other algorithms: hyperparameters as torch.optim names them, in its order; then,
+      // where they keep a `step`, GradScaler's tensors for CUDA buckets with device steps.
       .def("adadelta",
-           [](Bucket& b, double lr, double rho, double eps, double weight_decay, bool maximize) {
+           [](Bucket& b, double lr, double rho, double eps, double weight_decay, bool maximize, MaybeTensor grad_scale,
+              MaybeTensor found_inf) {
+             const DeviceAmp amp = device_amp(grad_scale, found_inf, b);
              py::gil_scoped_release no_gil;
-             adadelta_step(b, {lr, rho, eps, weight_decay, maximize});
-           })
+             adadelta_step(b, {lr, rho, eps, weight_decay, maximize}, amp);
+           },
+           py::arg("lr"), py::arg("rho"), py::arg("eps"), py::arg("weight_decay"), py::arg("maximize"), FO_AMP_ARGS)
       .def("adagrad",
            [](Bucket& b, double lr, double lr_decay, double weight_decay, double eps, bool maximize,
-              bool lr_is_float32) {
+              bool lr_is_float32, MaybeTensor grad_scale, MaybeTensor found_inf) {
+             const DeviceAmp amp = device_amp(grad_scale, found_inf, b);
              py::gil_scoped_release no_gil;
-             adagrad_step(b, {lr, lr_decay, weight_decay, eps, maximize, lr_is_float32});
-           })
+             adagrad_step(b, {lr, lr_decay, weight_decay, eps, maximize, lr_is_float32}, amp);
+           },
+           py::arg("lr"), py::arg("lr_decay"), py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"),
+           py::arg("lr_is_float32"), FO_AMP_ARGS)
       .def("adamax",
            [](Bucket& b, double lr, double beta1, double beta2, double eps, double weight_decay, bool maximize,
-              bool lr_is_float32) {
+              bool lr_is_float32, MaybeTensor grad_scale, MaybeTensor found_inf) {
+             const DeviceAmp amp = device_amp(grad_scale, found_inf, b);
              py::gil_scoped_release no_gil;
-             adamax_step(b, {lr, beta1, beta2, eps, weight_decay, maximize, lr_is_float32});
-           })
+             adamax_step(b, {lr, beta1, beta2, eps, weight_decay, maximize, lr_is_float32}, amp);
+           },
+           py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
+           py::arg("maximize"), py::arg("lr_is_float32"), FO_AMP_ARGS)
       .def("asgd",
            [](Bucket& b, double lr, double lambd, double alpha, double t0, double weight_decay, bool maximize,
-              bool lr_is_float32, bool eta_as_float32, bool mu_as_float32) {
+              bool lr_is_float32, bool eta_as_float32, bool mu_as_float32, MaybeTensor grad_scale,
+              MaybeTensor found_inf) {
+             const DeviceAmp amp = device_amp(grad_scale, found_inf, b);
              py::gil_scoped_release no_gil;
-             asgd_step(b, {lr, lambd, alpha, t0, weight_decay, maximize, lr_is_float32, eta_as_float32, mu_as_float32});
-           })
+             asgd_step(b, {lr, lambd, alpha, t0, weight_decay, maximize, lr_is_float32, eta_as_float32, mu_as_float32},
+                       amp);
+           },
+           py::arg("lr"), py::arg("lambd"), py::arg("alpha"), py::arg("t0"), py::arg("weight_decay"),
+           py::arg("maximize"), py::arg("lr_is_float32"), py::arg("eta_as_float32"), py::arg("mu_as_float32"),
+           FO_AMP_ARGS)
       .def("nadam",
            [](Bucket& b, double lr, double beta1, double beta2, double eps, double weight_decay, double momentum_decay,
-              bool decoupled_weight_decay, bool maximize, double decay_factor, bool lr_is_float32) {
+              bool decoupled_weight_decay, bool maximize, double decay_factor, bool lr_is_float32,
+              MaybeTensor grad_scale, MaybeTensor found_inf) {
+             const DeviceAmp amp = device_amp(grad_scale, found_inf, b);
              py::gil_scoped_release no_gil;
              nadam_step(b, {lr, beta1, beta2, eps, weight_decay, momentum_decay, decoupled_weight_decay, maximize,
-                            decay_factor, lr_is_float32});
-           })
+                            decay_factor, lr_is_float32}, amp);
+           },
+           py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
+           py::arg("momentum_decay"), py::arg("decoupled_weight_decay"), py::arg("maximize"), py::arg("decay_factor"),
+           py::arg("lr_is_float32"), FO_AMP_ARGS)
       .def("radam",
            [](Bucket& b, double lr, double beta1, double beta2, double eps, double weight_decay,
-              bool decoupled_weight_decay, bool maximize, double decay_factor) {
+              bool decoupled_weight_decay, bool maximize, double decay_factor, MaybeTensor grad_scale,
+              MaybeTensor found_inf) {
+             const DeviceAmp amp = device_amp(grad_scale, found_inf, b);
              py::gil_scoped_release no_gil;
-             radam_step(b, {lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize, decay_factor});
-           })
+             radam_step(b, {lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize, decay_factor}, amp);
+           },
+           py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
+           py::arg("decoupled_weight_decay"), py::arg("maximize"), py::arg("decay_factor"), FO_AMP_ARGS)
       .def("rmsprop",
            [](Bucket& b, double lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
-              bool maximize) {
+              bool maximize, MaybeTensor grad_scale, MaybeTensor found_inf) {
+             const DeviceAmp amp = device_amp(grad_scale, found_inf, b);
              py::gil_scoped_release no_gil;
-             rmsprop_step(b, {lr, alpha, eps, weight_decay, momentum, centered, maximize});
-           })
+             rmsprop_step(b, {lr, alpha, eps, weight_decay, momentum, centered, maximize}, amp);
+           },
+           py::arg("lr"), py::arg("alpha"), py::arg("eps"), py::arg("weight_decay"), py::arg("momentum"),
+           py::arg("centered"), py::arg("maximize"), FO_AMP_ARGS)
       .def("rprop",
-           [](Bucket& b, double etaminus, double etaplus, double step_size_min, double step_size_max, bool maximize) {
+           [](Bucket& b, double etaminus, double etaplus, double step_size_min, double step_size_max, bool maximize,
+              MaybeTensor grad_scale, MaybeTensor found_inf) {
+             const DeviceAmp amp = device_amp(grad_scale, found_inf, b);
              py::gil_scoped_release no_gil;
-             rprop_step(b, {etaminus, etaplus, step_size_min, step_size_max, maximize});
-           })
+             rprop_step(b, {etaminus, etaplus, step_size_min, step_size_max, maximize}, amp);
+           },
+           py::arg("etaminus"), py::arg("etaplus"), py::arg("step_size_min"), py::arg("step_size_max"),
+           py::arg("maximize"), FO_AMP_ARGS)
       .def("lion",
            [](Bucket& b, double lr, double beta1, double beta2, double weight_decay, bool maximize) {
              py::gil_scoped_release no_gil;

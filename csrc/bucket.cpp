@@ -192,7 +192,7 @@ Bucket::Status Bucket::prepare() {
   entries_.clear();
   prefix_.clear();
   entry_params_.clear();
-  entry_step_ptrs_.clear();
+  entry_scalar_ptrs_.clear();
   grad_copies_.clear();
   segments_numel_ = 0;
   grad_scale_ = 1.0;
@@ -232,7 +232,9 @@ Bucket::Status Bucket::prepare() {
     entries_.push_back(entry);
     prefix_.push_back(total);
     entry_params_.push_back(i);
-    if (device_scalars_) entry_step_ptrs_.push_back(scalar_ptrs_[0][i]);
+    if (device_scalars_) {
+      for (const std::vector<void*>& ptrs : scalar_ptrs_) entry_scalar_ptrs_.push_back(ptrs[i]);
+    }
     total += numel;
   }
   prefix_.push_back(total);
@@ -310,7 +312,7 @@ bool Bucket::scalar_is_double(int k, size_t entry) const { return scalar_is_doub
 at::Tensor Bucket::device_grad_norm(const math::GradNormHyper& hyper) {
   TORCH_CHECK(device_table_ != nullptr, "fusedoptim: device_grad_norm is for CUDA buckets");
   return device_table_->grad_norm(table(), hyper, segments(cpu::kSegmentNumel),
-                                  device_scalars_ ? &entry_step_ptrs_ : nullptr);
+                                  device_scalars_ ? &entry_scalar_ptrs_ : nullptr);
 }
 
 const std::vector<Segment>& Bucket::segments(int64_t max_numel) {

@@ -66,8 +66,9 @@ class Bucket {
   // Whether the scalars live on the device: then only the CUDA step kernels touch them
   // (NOTE: [Device steps and GradScaler] in csrc/cuda/sweep.cuh), never the host.
   bool device_scalars() const { return device_scalars_; }
-  // With device scalars: each entry's `step` counter (scalar 0) address, of the last prepare().
-  const std::vector<void*>& entry_step_ptrs() const { return entry_step_ptrs_; }
+  // With device scalars: the addresses of each entry's scalar states, `step` first (entry e's
+  // scalar k at e * number of scalars + k), of the last prepare().
+  const std::vector<void*>& entry_scalar_ptrs() const { return entry_scalar_ptrs_; }
   // Advances the step counter of every param in the table; returns the new values.
   const std::vector<double>& advance_steps();
   // Scalar state k of the param of table entry `entry`, read and written in its own dtype.
@@ -143,7 +144,7 @@ class Bucket {
   std::vector<TensorEntry> entries_;
   std::vector<int64_t> prefix_;
   std::vector<int64_t> entry_params_;
-  std::vector<void*> entry_step_ptrs_;  // device scalars only
+  std::vector<void*> entry_scalar_ptrs_;  // device scalars only
   std::vector<double> entry_steps_;
   std::vector<at::Tensor> grad_copies_;  // contiguous copies of the rare strided grads
   std::vector<Segment> segments_;

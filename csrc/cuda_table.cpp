@@ -82,23 +82,23 @@ void DeviceTableCache::upload(at::Tensor& buffer, const void* data, size_t bytes
   if (capturing(stream.native_handle())) captured_tables_.push_back(std::move(staging));
 }
 
-DeviceTable DeviceTableCache::sync(const BucketTable& table, const std::vector<void*>* step_ptrs) {
+DeviceTable DeviceTableCache::sync(const BucketTable& table, const std::vector<void*>* scalar_ptrs) {
   // The clip coefficient reaches CUDA kernels through device_grad_scale (no host sync).
   TORCH_CHECK(table.grad_scale == 1.0, "fusedoptim: a CUDA bucket takes its clip coefficient as a device tensor");
   const int64_t n = table.num_entries;
-  TORCH_CHECK(step_ptrs == nullptr || static_cast<int64_t>(step_ptrs->size()) == n,
-              "fusedoptim: ", step_ptrs ? step_ptrs->size() : 0, " device steps for ", n, " table entries");
+  TORCH_CHECK(scalar_ptrs == nullptr || (n == 0 ? scalar_ptrs->empty() : scalar_ptrs->size() % n == 0),
+              "fusedoptim: ", scalar_ptrs ? scalar_ptrs->size() : 0, " device scalars for ", n, " table entries");
   bool layout_changed = static_cast<int64_t>(uploaded_.size()) != n;
   for (int64_t i = 0; i < n && !layout_changed; ++i) layout_changed = !same_tensors(table.entries[i], uploaded_[i]);
   // Device steps: the step kernel writes every entry's coefficients on the device.
-  bool uniform = step_ptrs == nullptr;
+  bool uniform = scalar_ptrs == nullptr;
   for (int64_t i = 1; i < n && uniform; ++i) uniform = same_coefs(table.entries[i], table.entries[0]);
   // Non-uniform coefficients are read from the device entries: upload them when they moved.
-  // The step pointers travel with the table; a sync without them (the grad norm's, which reads
-  // no step) keeps those uploaded.
-  if (step_ptrs != nullptr && !layout_changed) layout_changed = *step_ptrs != uploaded_step_ptrs_;
+  // The scalar pointers travel with the table; a sync without them (the grad norm's, which
+  // reads no step) keeps those uploaded.
+  if (scalar_ptrs != nullptr && !layout_changed) layout_changed = *scalar_ptrs != uploaded_scalar_ptrs_;
   bool coefs_changed = false;
-  if (!uniform && !layout_changed && step_ptrs == nullptr) {
+  if (!uniform && !layout_changed && scalar_ptrs == nullptr) {
     for (int64_t i = 0; i < n && !coefs_changed; ++i) coefs_changed = !same_coefs(table.entries[i], uploaded_[i]);
   }
   if (layout_changed) {
@@ -110,13 +110,13 @@ DeviceTable DeviceTableCache::sync(const BucketTable& table, const std::vector<v
   }
   if (layout_changed || coefs_changed) {
     uploaded_.assign(table.entries, table.entries + n);
-    uploaded_step_ptrs_ = step_ptrs ? *step_ptrs : std::vector<void*>();
+    uploaded_scalar_ptrs_ = scalar_ptrs ? *scalar_ptrs : std::vector<void*>();
     const size_t entry_bytes = n * sizeof(TensorEntry), prefix_bytes = (n + 1) * sizeof(int64_t);
-    const size_t step_bytes = step_ptrs ? n * sizeof(void*) : 0;
-    staging_.resize(entry_bytes + prefix_bytes + step_bytes);
+    const size_t scalar_bytes = scalar_ptrs ? scalar_ptrs->size() * sizeof(void*) : 0;
+    staging_.resize(entry_bytes + prefix_bytes + scalar_bytes);
     std::memcpy(staging_.data(), table.entries, entry_bytes);
     std::memcpy(staging_.data() + entry_bytes, padded_prefix_.data(), prefix_bytes);
-    if (step_ptrs) std::memcpy(staging_.data() + entry_bytes + prefix_bytes, step_ptrs->data(), step_bytes);
+    if (scalar_ptrs) std::memcpy(staging_.data() + entry_bytes + prefix_bytes, scalar_ptrs->data(), scalar_bytes);
     retire_if_captured(table_buffer_, table_captured_);
     const bool fresh = !table_buffer_.defined() || table_buffer_.numel() < static_cast<int64_t>(staging_.size());
     upload(table_buffer_, staging_.data(), staging_.size());
@@ -127,7 +127,7 @@ DeviceTable DeviceTableCache::sync(const BucketTable& table, const std::vector<v
     const auto* base = static_cast<const unsigned char*>(table_buffer_.data_ptr());
     out.entries = reinterpret_cast<const TensorEntry*>(base);
     out.prefix = reinterpret_cast<const int64_t*>(base + n * sizeof(TensorEntry));
-    device_steps_ = reinterpret_cast<float* const*>(base + n * sizeof(TensorEntry) + (n + 1) * sizeof(int64_t));
+    device_scalars_ = reinterpret_cast<float* const*>(base + n * sizeof(TensorEntry) + (n + 1) * sizeof(int64_t));
   }
   out.num_entries = n;
   out.total_numel = n > 0 ? padded_prefix_[n] : 0;
@@ -161,9 +161,9 @@ DeviceSegments DeviceTableCache::upload_segments(const std::vector<Segment>& seg
 }
 
 at::Tensor DeviceTableCache::grad_norm(const BucketTable& table, const math::GradNormHyper& hyper,
-                                       const std::vector<Segment>& segments, const std::vector<void*>* step_ptrs) {
+                                       const std::vector<Segment>& segments, const std::vector<void*>* scalar_ptrs) {
   const c10::DeviceGuard guard(device_);
-  const DeviceTable device_table = sync(table, step_ptrs);
+  const DeviceTable device_table = sync(table, scalar_ptrs);
   const DeviceSegments device_segments = upload_segments(segments, 1);
   at::Tensor total = at::empty({}, at::TensorOptions().dtype(at::kDouble).device(device_));
   const Launch where = launch();

@@ -32,21 +32,23 @@ class DeviceTableCache {
     note_capture(where);
   }
 
-  // A step whose `step` counters live on the device (step_ptrs[e]: entry e's float32 counter):
-  // the step kernel advances them and sets the coefficients, then the update runs; with
-  // GradScaler's grad_scale and found_inf when given (NOTE: [Device steps and GradScaler]).
-  // No host sync, and no allocation unless the table changed.
+  // A step whose `step` counters live on the device (scalar_ptrs: each entry's float32 scalar
+  // states, `step` first, as Bucket::entry_scalar_ptrs() has them): the step kernel advances
+  // them and sets the coefficients, then the update runs; with GradScaler's grad_scale and
+  // found_inf when given (NOTE: [Device steps and GradScaler]). No host sync, and no
+  // allocation unless the table changed.
   template <typename Hyper>
   void run_device_steps(
       const char* (*KernelTable::*steps_kernel)(const DeviceTable&, const Hyper&, const DeviceSteps&, const Launch&),
       const char* (*KernelTable::*kernel)(const DeviceTable&, const Hyper&, const Launch&), const BucketTable& table,
-      const Hyper& hyper, const std::vector<void*>& step_ptrs, const float* grad_scale, const float* found_inf) {
+      const Hyper& hyper, const std::vector<void*>& scalar_ptrs, const float* grad_scale, const float* found_inf) {
     const c10::DeviceGuard guard(device_);
-    DeviceTable device_table = sync(table, &step_ptrs);
+    DeviceTable device_table = sync(table, &scalar_ptrs);
     device_table.grad_scale = grad_scale;
     device_table.found_inf = found_inf;
     const Launch where = launch();
-    check((kernels()->*steps_kernel)(device_table, hyper, DeviceSteps{device_steps_}, where));
+    const int64_t num_scalars = table.num_entries > 0 ? static_cast<int64_t>(scalar_ptrs.size()) / table.num_entries : 0;
+    check((kernels()->*steps_kernel)(device_table, hyper, DeviceSteps{device_scalars_, num_scalars}, where));
     check((kernels()->*kernel)(device_table, hyper, where));
     note_capture(where);
   }
@@ -67,17 +69,17 @@ class DeviceTableCache {
 
   // The grad norm's reduced value of `table`'s grads over `segments` (NOTE: [Precision options on
   // CUDA]): a 0-dim float64 tensor on the device, written on the current stream; no host sync.
-  // step_ptrs: as run_device_steps gets them for a bucket with device steps (so the table
+  // scalar_ptrs: as run_device_steps gets them for a bucket with device steps (so the table
   // uploaded for the norm serves the step as well), else nullptr.
   at::Tensor grad_norm(const BucketTable& table, const math::GradNormHyper& hyper,
-                       const std::vector<Segment>& segments, const std::vector<void*>* step_ptrs);
+                       const std::vector<Segment>& segments, const std::vector<void*>* scalar_ptrs);
 
  private:
   // Uploads what changed of `table` (pointers and sizes, or coefficients that differ between
-  // entries) and describes it for a launch. With step_ptrs (device steps) the coefficients are
-  // the step kernel's, never the host's, and the step pointers travel with the table. With the
-  // device guard held.
-  DeviceTable sync(const BucketTable& table, const std::vector<void*>* step_ptrs);
+  // entries) and describes it for a launch. With scalar_ptrs (device steps) the coefficients
+  // are the step kernel's, never the host's, and the scalar pointers travel with the table.
+  // With the device guard held.
+  DeviceTable sync(const BucketTable& table, const std::vector<void*>* scalar_ptrs);
   static void check(const char* error) {
     TORCH_CHECK(error == nullptr, "fusedoptim: a CUDA kernel launch failed: ", error);
   }
@@ -103,18 +105,18 @@ class DeviceTableCache {
 
   c10::Device device_;
   int grid_;
-  at::Tensor table_buffer_;  // device: entries, the padded prefix, then (device steps) step pointers
+  at::Tensor table_buffer_;  // device: entries, the padded prefix, then (device steps) scalar pointers
   c10::Stream table_stream_;  // the stream table_buffer_ was allocated on
   c10::Stream segment_stream_;  // the stream segment_buffer_ was allocated on
   bool table_captured_ = false;
   std::vector<at::Tensor> captured_tables_;  // and staging blocks of captured uploads: NOTE: [Captured tables]
-  float* const* device_steps_ = nullptr;
+  float* const* device_scalars_ = nullptr;
   at::Tensor segment_buffer_;
   bool segments_captured_ = false;
   std::vector<Segment> uploaded_segments_;  // what segment_buffer_ holds
   at::Tensor sums_;
   std::vector<TensorEntry> uploaded_;  // what table_buffer_ holds
-  std::vector<void*> uploaded_step_ptrs_;  // and the step pointers after it (device steps), or none
+  std::vector<void*> uploaded_scalar_ptrs_;  // and the scalar pointers after it (device steps), or none
   std::vector<int64_t> padded_prefix_;
   std::vector<unsigned char> staging_;
 };

@@ -64,10 +64,10 @@ class Adadelta(FusedOptimizer):
     def _state_names(self, group):
         return ("square_avg", "acc_delta")
 
-    def _fused_step(self, group, bucket):
+    def _fused_step(self, group, bucket, device_amp=(None, None)):
         bucket.adadelta(
             _scalar(group["lr"]), _scalar(group["rho"]), _scalar(group["eps"]), _scalar(group["weight_decay"]),
-            bool(group["maximize"]),
+            bool(group["maximize"]), *device_amp,
         )
 
     def _reference_step(self, group, params):
@@ -84,6 +84,7 @@ Adadelta.__doc__ = _torch_adadelta.Adadelta.__doc__ + """
     fusedoptim: the step runs one fused kernel per bucket (param group x device x dtype), on
     the CPU or CUDA.
     ``foreach`` is accepted and has no effect; ``capturable=True`` keeps ``step`` on a CUDA
-    param's device as torch does, and such params take the reference path for now;
-    ``differentiable=True`` takes torch's own implementation (the reference path).
+    param's device as torch does, where a step kernel advances it with no host sync (a Tensor
+    ``lr`` takes the reference path there); ``differentiable=True`` takes torch's own
+    implementation (the reference path).
 """ + OPTIONS_DOC

@@ -79,10 +79,10 @@ class Adagrad(FusedOptimizer):
         # Like torch, from the constructor's value even for groups added later.
         return self.defaults["initial_accumulator_value"]
 
-    def _fused_step(self, group, bucket):
+    def _fused_step(self, group, bucket, device_amp=(None, None)):
         bucket.adagrad(
             _scalar(group["lr"]), _scalar(group["lr_decay"]), _scalar(group["weight_decay"]), _scalar(group["eps"]),
-            bool(group["maximize"]), _lr_is_float32(group["lr"]),
+            bool(group["maximize"]), _lr_is_float32(group["lr"]), *device_amp,
         )
 
     def _check_step(self, group, reference_params):

@@ -110,10 +110,6 @@ class Adam(FusedOptimizer):
     def _state_names(self, group):
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
-    def _device_steps(self, group):
-        # The CUDA step kernel computes the bias corrections from Python-float hyperparameters.
-        return not any(isinstance(x, torch.Tensor) for x in (group["lr"], *group["betas"]))
-
     def _fused_step(self, group, bucket, device_amp=(None, None)):
         lr, (beta1, beta2), weight_decay = group["lr"], group["betas"], group["weight_decay"]
         coefs_at_step = None

@@ -66,11 +66,11 @@ class Adamax(FusedOptimizer):
     def _state_names(self, group):
         return ("exp_avg", "exp_inf")
 
-    def _fused_step(self, group, bucket):
+    def _fused_step(self, group, bucket, device_amp=(None, None)):
         beta1, beta2 = group["betas"]
         bucket.adamax(
             _scalar(group["lr"]), _scalar(beta1), _scalar(beta2), _scalar(group["eps"]),
-            _scalar(group["weight_decay"]), bool(group["maximize"]), _lr_is_float32(group["lr"]),
+            _scalar(group["weight_decay"]), bool(group["maximize"]), _lr_is_float32(group["lr"]), *device_amp,
         )
 
     def _reference_step(self, group, params):
@@ -88,6 +88,7 @@ Adamax.__doc__ = _torch_adamax.Adamax.__doc__ + """
     fusedoptim: the step runs one fused kernel per bucket (param group x device x dtype), on
     the CPU or CUDA.
     ``foreach`` is accepted and has no effect; ``capturable=True`` keeps ``step`` on a CUDA
-    param's device as torch does, and such params take the reference path for now;
-    ``differentiable=True`` takes torch's own implementation (the reference path).
+    param's device as torch does, where a step kernel advances it with no host sync (a Tensor
+    ``lr`` takes the reference path there); ``differentiable=True`` takes torch's own
+    implementation (the reference path).
 """ + OPTIONS_DOC

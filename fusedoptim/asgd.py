@@ -66,7 +66,7 @@ class ASGD(FusedOptimizer):
     def _state_names(self, group):
         return ("ax",)
 
-    def _fused_step(self, group, bucket):
+    def _fused_step(self, group, bucket, device_amp=(None, None)):
         lr = group["lr"]
         # torch.as_tensor(new value): a Python float takes the default dtype, a value computed
         # from a Tensor lr keeps the lr's dtype; then it is copied into eta / mu.
@@ -75,7 +75,7 @@ class ASGD(FusedOptimizer):
         bucket.asgd(
             _scalar(lr), _scalar(group["lambd"]), _scalar(group["alpha"]), _scalar(group["t0"]),
             _scalar(group["weight_decay"]), bool(group["maximize"]), _lr_is_float32(lr),
-            eta_as_float32, python_floats_are_float32,
+            eta_as_float32, python_floats_are_float32, *device_amp,
         )
 
     def _reference_step(self, group, params):
@@ -92,6 +92,7 @@ ASGD.__doc__ = _torch_asgd.ASGD.__doc__ + """
     fusedoptim: the step runs one fused kernel per bucket (param group x device x dtype), on
     the CPU or CUDA.
     ``foreach`` is accepted and has no effect; ``capturable=True`` keeps ``step`` on a CUDA
-    param's device as torch does, and such params take the reference path for now;
-    ``differentiable=True`` takes torch's own implementation (the reference path).
+    param's device as torch does, where a step kernel advances it with no host sync (a Tensor
+    ``lr`` takes the reference path there); ``differentiable=True`` takes torch's own
+    implementation (the reference path).
 """ + OPTIONS_DOC

@@ -189,6 +189,9 @@ class LAMB(FusedOptimizer):
         self._plan.lamb_grad_norm = None
         return loss
 
+    def _device_steps(self, group):
+        return False  # no CUDA step kernel: a group that asks for device steps takes the reference path
+
     def _fused_step(self, group, bucket):
         beta1, beta2 = group["betas"]
         bucket.lamb(

@@ -80,12 +80,12 @@ class NAdam(FusedOptimizer):
     def _state_names(self, group):
         return ("exp_avg", "exp_avg_sq")
 
-    def _fused_step(self, group, bucket):
+    def _fused_step(self, group, bucket, device_amp=(None, None)):
         lr, (beta1, beta2), weight_decay = group["lr"], group["betas"], group["weight_decay"]
         bucket.nadam(
             _scalar(lr), _scalar(beta1), _scalar(beta2), _scalar(group["eps"]), _scalar(weight_decay),
             _scalar(group["momentum_decay"]), bool(group["decoupled_weight_decay"]), bool(group["maximize"]),
-            _scalar(1 - lr * weight_decay), _lr_is_float32(lr),
+            _scalar(1 - lr * weight_decay), _lr_is_float32(lr), *device_amp,
         )
 
     def _reference_step(self, group, params):
@@ -104,6 +104,7 @@ NAdam.__doc__ = _torch_nadam.NAdam.__doc__ + """
     fusedoptim: the step runs one fused kernel per bucket (param group x device x dtype), on
     the CPU or CUDA.
     ``foreach`` is accepted and has no effect; ``capturable=True`` keeps ``step`` on a CUDA
-    param's device as torch does, and such params take the reference path for now;
-    ``differentiable=True`` takes torch's own implementation (the reference path).
+    param's device as torch does, where a step kernel advances it with no host sync (a Tensor
+    ``lr`` takes the reference path there); ``differentiable=True`` takes torch's own
+    implementation (the reference path).
 """ + OPTIONS_DOC

@@ -171,11 +171,13 @@ def _fusable_tensor(tensor):
 # The CUDA kernels take their per-tensor coefficients (bias corrections and the like) from the
 # host, which computes them from the `step` counters as on the CPU. torch.optim keeps `step` on
 # the CPU too, except for capturable=True and fused=True groups, which keep it on the device
-# so that a step needs no host sync and can be captured in a CUDA graph. For those, algorithms
-# whose coefficients a CUDA step kernel computes (`_device_steps`: Adam and AdamW with float
-# hyperparameters) keep `step` on the device as well and run with no host sync, GradScaler's
+# so that a step needs no host sync and can be captured in a CUDA graph. For those, a CUDA step
+# kernel advances `step` (and NAdam's mu_product, ASGD's eta and mu) on the device and computes
+# the coefficients from it (`_device_steps`: every algorithm with a `step`, its hyperparameters
+# Python numbers and its 0-dim states float32), so the step runs with no host sync, GradScaler's
 # unscaling and skipping included (NOTE: [Device steps and GradScaler] in csrc/cuda/sweep.cuh);
-# the CUDA params of other such groups take the reference path.
+# the CUDA params of other such groups (a Tensor lr or betas, float64 steps under a float64
+# default dtype) take the reference path.
 def _keeps_step_on_device(group):
     return bool(group.get("capturable") or group.get("fused"))
 
@@ -638,7 +640,10 @@ class FusedOptimizer(Optimizer):
     def _device_steps(self, group):
         """Whether a CUDA step kernel computes this group's per-tensor coefficients from device-side
         `step` counters (NOTE: [CUDA steps]); then `_fused_step` takes `device_amp`."""
-        return False
+        return (
+            self._has_step and self._step_dtype(group) == torch.float32
+            and not any(isinstance(x, torch.Tensor) for x in (group["lr"], *group.get("betas", ())))
+        )
 
     def _needs_whole_tensor(self, group):
         """None if this group's update of a param can run on each local shard of a sharded

@@ -78,10 +78,10 @@ class RMSprop(FusedOptimizer):
             names += ("grad_avg",)
         return names
 
-    def _fused_step(self, group, bucket):
+    def _fused_step(self, group, bucket, device_amp=(None, None)):
         bucket.rmsprop(
             _scalar(group["lr"]), _scalar(group["alpha"]), _scalar(group["eps"]), _scalar(group["weight_decay"]),
-            _scalar(group["momentum"]), bool(group["centered"]), bool(group["maximize"]),
+            _scalar(group["momentum"]), bool(group["centered"]), bool(group["maximize"]), *device_amp,
         )
 
     def _reference_step(self, group, params):
@@ -99,6 +99,7 @@ RMSprop.__doc__ = _torch_rmsprop.RMSprop.__doc__ + """
     fusedoptim: the step runs one fused kernel per bucket (param group x device x dtype), on
     the CPU or CUDA.
     ``foreach`` is accepted and has no effect; ``capturable=True`` keeps ``step`` on a CUDA
-    param's device as torch does, and such params take the reference path for now;
-    ``differentiable=True`` takes torch's own implementation (the reference path).
+    param's device as torch does, where a step kernel advances it with no host sync (a Tensor
+    ``lr`` takes the reference path there); ``differentiable=True`` takes torch's own
+    implementation (the reference path).
 """ + OPTIONS_DOC

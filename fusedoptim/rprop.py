@@ -61,12 +61,12 @@ class Rprop(FusedOptimizer):
         # Each element's step size starts at the group's learning rate.
         return _scalar(group["lr"]) if name == "step_size" else 0
 
-    def _fused_step(self, group, bucket):
+    def _fused_step(self, group, bucket, device_amp=(None, None)):
         etaminus, etaplus = group["etas"]
         step_size_min, step_size_max = group["step_sizes"]
         bucket.rprop(
             _scalar(etaminus), _scalar(etaplus), _scalar(step_size_min), _scalar(step_size_max),
-            bool(group["maximize"]),
+            bool(group["maximize"]), *device_amp,
         )
 
     def _reference_step(self, group, params):
@@ -85,6 +85,7 @@ Rprop.__doc__ = _torch_rprop.Rprop.__doc__ + """
     fusedoptim: the step runs one fused kernel per bucket (param group x device x dtype), on
     the CPU or CUDA.
     ``foreach`` is accepted and has no effect; ``capturable=True`` keeps ``step`` on a CUDA
-    param's device as torch does, and such params take the reference path for now;
-    ``differentiable=True`` takes torch's own implementation (the reference path).
+    param's device as torch does, where a step kernel advances it with no host sync (a Tensor
+    ``lr`` takes the reference path there); ``differentiable=True`` takes torch's own
+    implementation (the reference path).
 """ + OPTIONS_DOC

@@ -1,19 +1,15 @@
-// Adagrad step over a bucket on the CPU: the decayed learning rate per step count on the
-// host, then one parallel sweep of the active instruction set's kernel (math/adagrad.h).
+// Adagrad step over a bucket: the decayed learning rate per step count (AdagradStepCoefs) on
+// the host, then one sweep of the rule (math/adagrad.h) on the bucket's device; or, with
+// device-side steps, the CUDA step kernel and the update.
 #include "backend.h"
 #include "cpu/step_coefs.h"
 
 namespace fusedoptim {
 namespace cpu {
 
-void adagrad_step(Bucket& bucket, const math::AdagradHyper& hyper) {
-  set_coefs_by_step(bucket, bucket.advance_steps(), [&](double step) {
-    const double denominator = 1.0 + (step - 1.0) * hyper.lr_decay;
-    const double clr = hyper.lr_is_float32  // NOTE: [Tensor learning rates]
-                           ? double(static_cast<float>(hyper.lr) / static_cast<float>(denominator))
-                           : hyper.lr / denominator;
-    return TensorCoefValues{-clr, 0.0, 0.0, 0.0};
-  });
+void adagrad_step(Bucket& bucket, const math::AdagradHyper& hyper, const DeviceAmp& amp) {
+  if (FO_STEP_ON_DEVICE(bucket, adagrad, hyper, amp)) return;
+  set_step_coefs<math::AdagradStepCoefs>(bucket, hyper);
   FO_SWEEP(bucket, adagrad, hyper);
 }
 

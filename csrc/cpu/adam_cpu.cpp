@@ -13,15 +13,8 @@ namespace cpu {
 // for Python-float hyperparameters, torch's own tensor arithmetic for Tensor ones (see
 // fusedoptim/adam.py, NOTE: [Tensor hyperparameters]).
 void adam_step(Bucket& bucket, const math::AdamHyper& hyper,
-               const std::function<math::AdamStepCoefs(double)>& coefs_at_step, const float* grad_scale,
-               const float* found_inf) {
-  if (bucket.device_scalars()) {  // NOTE: [Device steps and GradScaler] (Python-float hyperparameters)
-    bucket.device_table()->run_device_steps(&cuda::KernelTable::adam_steps, &cuda::KernelTable::adam, bucket.table(),
-                                            hyper, bucket.entry_step_ptrs(), grad_scale, found_inf);
-    return;
-  }
-  TORCH_CHECK(grad_scale == nullptr && found_inf == nullptr,
-              "fusedoptim: grad_scale and found_inf are handled on the device only for CUDA buckets with device steps");
+               const std::function<math::AdamStepCoefs(double)>& coefs_at_step, const DeviceAmp& amp) {
+  if (FO_STEP_ON_DEVICE(bucket, adam, hyper, amp)) return;  // Python-float hyperparameters only
   set_coefs_by_step(bucket, bucket.advance_steps(), [&](double step) {
     TensorCoefValues values;
     coefs_at_step(step).to_coefs(values.data());

@@ -1,18 +1,15 @@
-// RAdam step over a bucket on the CPU: bias corrections and the variance rectification per
-// step count on the host, then one parallel sweep of the active instruction set's kernel
-// (math/radam.h).
+// RAdam step over a bucket: bias corrections and the variance rectification per step count
+// (RadamStepCoefs) on the host, then one sweep of the rule (math/radam.h) on the bucket's
+// device; or, with device-side steps, the CUDA step kernel and the update.
 #include "backend.h"
 #include "cpu/step_coefs.h"
 
 namespace fusedoptim {
 namespace cpu {
 
-void radam_step(Bucket& bucket, const math::RadamHyper& hyper) {
-  set_coefs_by_step(bucket, bucket.advance_steps(), [&](double step) {
-    const auto coefs = math::RadamStepCoefs::at_step(hyper, step);
-    return TensorCoefValues{coefs.bias_correction1, coefs.bias_correction2_sqrt, coefs.rect,
-                            coefs.rectified ? 1.0 : 0.0};
-  });
+void radam_step(Bucket& bucket, const math::RadamHyper& hyper, const DeviceAmp& amp) {
+  if (FO_STEP_ON_DEVICE(bucket, radam, hyper, amp)) return;
+  set_step_coefs<math::RadamStepCoefs>(bucket, hyper);
   FO_SWEEP(bucket, radam, hyper);
 }
 

@@ -1,14 +1,15 @@
-// Rprop step over a bucket on the CPU: advance the step counters (kept as
-// torch.optim.Rprop keeps them), then one parallel sweep of the active instruction set's kernel
-// (math/rprop.h).
-#include "bucket.h"
+// Rprop step over a bucket: advance the step counters (kept as torch.optim.Rprop keeps them)
+// on the host, then one sweep of the rule (math/rprop.h) on the bucket's device; or, with
+// device-side steps, the CUDA step kernel and the update.
 #include "backend.h"
+#include "cpu/step_coefs.h"
 
 namespace fusedoptim {
 namespace cpu {
 
-void rprop_step(Bucket& bucket, const math::RpropHyper& hyper) {
-  bucket.advance_steps();
+void rprop_step(Bucket& bucket, const math::RpropHyper& hyper, const DeviceAmp& amp) {
+  if (FO_STEP_ON_DEVICE(bucket, rprop, hyper, amp)) return;
+  set_step_coefs<math::StepCountOnly>(bucket, hyper);
   FO_SWEEP(bucket, rprop, hyper);
 }
 

@@ -9,19 +9,25 @@
 namespace fusedoptim {
 namespace cpu {
 
-// grad_scale, found_inf: GradScaler's device tensors, for CUDA buckets with device steps only.
+// GradScaler's grad_scale and found_inf (one-element float32 tensors on the bucket's device),
+// for CUDA buckets with device steps only (NOTE: [Device steps and GradScaler]); nullptr: none.
+struct DeviceAmp {
+  const float* grad_scale = nullptr;
+  const float* found_inf = nullptr;
+};
+
+// The steps with a `step` counter take `amp` (CUDA buckets with device steps only).
 void adam_step(Bucket& bucket, const math::AdamHyper& hyper,
-               const std::function<math::AdamStepCoefs(double)>& coefs_at_step,
-               const float* grad_scale = nullptr, const float* found_inf = nullptr);
+               const std::function<math::AdamStepCoefs(double)>& coefs_at_step, const DeviceAmp& amp = {});
 void sgd_step(Bucket& bucket, const math::SgdHyper& hyper);
-void adadelta_step(Bucket& bucket, const math::AdadeltaHyper& hyper);
-void adagrad_step(Bucket& bucket, const math::AdagradHyper& hyper);
-void adamax_step(Bucket& bucket, const math::AdamaxHyper& hyper);
-void asgd_step(Bucket& bucket, const math::AsgdHyper& hyper);
-void nadam_step(Bucket& bucket, const math::NadamHyper& hyper);
-void radam_step(Bucket& bucket, const math::RadamHyper& hyper);
-void rmsprop_step(Bucket& bucket, const math::RmspropHyper& hyper);
-void rprop_step(Bucket& bucket, const math::RpropHyper& hyper);
+void adadelta_step(Bucket& bucket, const math::AdadeltaHyper& hyper, const DeviceAmp& amp = {});
+void adagrad_step(Bucket& bucket, const math::AdagradHyper& hyper, const DeviceAmp& amp = {});
+void adamax_step(Bucket& bucket, const math::AdamaxHyper& hyper, const DeviceAmp& amp = {});
+void asgd_step(Bucket& bucket, const math::AsgdHyper& hyper, const DeviceAmp& amp = {});
+void nadam_step(Bucket& bucket, const math::NadamHyper& hyper, const DeviceAmp& amp = {});
+void radam_step(Bucket& bucket, const math::RadamHyper& hyper, const DeviceAmp& amp = {});
+void rmsprop_step(Bucket& bucket, const math::RmspropHyper& hyper, const DeviceAmp& amp = {});
+void rprop_step(Bucket& bucket, const math::RpropHyper& hyper, const DeviceAmp& amp = {});
 void lion_step(Bucket& bucket, const math::LionHyper& hyper);
 // The sum of the squares of every grad element of the bucket (for global grad-norm clipping).
 double grad_squares(Bucket& bucket);

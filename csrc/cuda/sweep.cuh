@@ -361,8 +361,18 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   if (threadIdx.x == 0) *total = partial[0];
 }
 
-// Advances each entry's device-side `step` and writes its coefficients into the device table
-// (NOTE: [Device steps and GradScaler]). Coefs::at_step is the host's own function.
+// One entry's float32 scalar states on the device, for Coefs::advance (NOTE: [Step
+// coefficients] in math/rule.h).
+struct DeviceScalars {
+  float* const* ptrs;  // `step` first
+  __device__ double get(int k) const { return double(*ptrs[k]); }
+  __device__ void set(int k, double value) const { *ptrs[k] = static_cast<float>(value); }
+  __device__ bool is_double(int) const { return false; }
+};
+
+// Advances each entry's device-side `step` (and its other scalar states) and writes its
+// coefficients into the device table (NOTE: [Device steps and GradScaler]), with the host's
+// own Coefs (NOTE: [Step coefficients] in math/rule.h).
 template <typename Coefs, typename Hyper>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     advance_steps_kernel(const DeviceTable table, const Hyper hyper, const DeviceSteps steps) {
@@ -370,9 +380,14 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   TensorEntry* entries = const_cast<TensorEntry*>(table.entries);  // the device copy is ours
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < table.num_entries;
        e += int64_t(gridDim.x) * blockDim.x) {
-    const float step = *steps.steps[e] + 1.0f;  // torch adds 1 to the float32 tensor
-    *steps.steps[e] = step;
-    Coefs::at_step(hyper, double(step)).to_coefs(entries[e].coef);
+    DeviceScalars scalars{steps.scalars + e * steps.num_scalars};
+    const float step = *scalars.ptrs[0] + 1.0f;  // torch adds 1 to the float32 tensor
+    *scalars.ptrs[0] = step;
+    if constexpr (Coefs::kExtraScalars == 0) {
+      Coefs::at_step(hyper, double(step)).to_coefs(entries[e].coef);
+    } else {
+      Coefs::advance(hyper, double(step), scalars).to_coefs(entries[e].coef);
+    }
   }
 }
 

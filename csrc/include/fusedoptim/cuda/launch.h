@@ -8,11 +8,21 @@
 #include "cpu/kernels.h"  // the rule lists (FO_ELEMENTWISE_RULES, FO_REDUCTION_RULES)
 #include "fusedoptim/bucket_table.h"
 
-// The rules whose per-tensor coefficients the device computes from device-side `step` counters:
-// X(rule name, step-coefficient struct with FO_HOST_DEVICE at_step(hyper, step) and
-// to_coefs(double*), hyperparameter struct). Groups of other rules with device steps take the
-// reference path (NOTE: [CUDA steps] in fusedoptim/optimizer.py).
-#define FO_DEVICE_STEP_RULES(X) X(adam, AdamStepCoefs, AdamHyper)
+// The rules whose per-tensor coefficients the device computes from device-side `step` counters
+// (every rule of torch.optim's capturable=True and fused=True algorithms): X(rule name,
+// step-coefficient struct of NOTE: [Step coefficients] in math/rule.h, hyperparameter struct).
+// Groups of other rules with device steps take the reference path (NOTE: [CUDA steps] in
+// fusedoptim/optimizer.py).
+#define FO_DEVICE_STEP_RULES(X)                  \
+  X(adam, AdamStepCoefs, AdamHyper)              \
+  X(adadelta, StepCountOnly, AdadeltaHyper)      \
+  X(adagrad, AdagradStepCoefs, AdagradHyper)     \
+  X(adamax, AdamaxStepCoefs, AdamaxHyper)        \
+  X(asgd, AsgdStepCoefs, AsgdHyper)              \
+  X(nadam, NadamStepCoefs, NadamHyper)           \
+  X(radam, RadamStepCoefs, RadamHyper)           \
+  X(rmsprop, StepCountOnly, RmspropHyper)        \
+  X(rprop, StepCountOnly, RpropHyper)
 
 namespace fusedoptim {
 namespace cuda {
@@ -63,10 +73,12 @@ struct DeviceTable {
   const double* clip_coef;
 };
 
-// Per-entry 0-dim states on the device (torch's `step` for capturable=True and fused=True),
-// which a step kernel advances and turns into the entries' coefficients before the update.
+// Per-entry 0-dim states on the device (torch's `step`, and NAdam's mu_product, ASGD's eta and
+// mu, for capturable=True and fused=True), which a step kernel advances and turns into the
+// entries' coefficients before the update.
 struct DeviceSteps {
-  float* const* steps;  // device: one float32 `step` per entry
+  float* const* scalars;  // device: entry e's float32 scalar k at scalars[e * num_scalars + k], `step` first
+  int64_t num_scalars;
 };
 
 // Where a launch runs.

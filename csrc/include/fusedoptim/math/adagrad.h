@@ -18,6 +18,26 @@ struct AdagradHyper {
   bool lr_is_float32;  // a float32 Tensor lr: torch computes clr in float32 (math/rule.h)
 };
 
+// c[0] = -clr at step t (NOTE: [Step coefficients] in math/rule.h).
+struct AdagradStepCoefs {
+  static constexpr int kExtraScalars = 0;
+  double neg_clr;
+
+  FO_HOST_DEVICE static AdagradStepCoefs at_step(const AdagradHyper& h, double step) {
+    const double denominator = 1.0 + (step - 1.0) * h.lr_decay;
+    if (h.lr_is_float32) {  // NOTE: [Tensor learning rates]
+      const float clr = static_cast<float>(h.lr) / static_cast<float>(denominator);
+      return {-double(clr)};
+    }
+    return {-(h.lr / denominator)};
+  }
+
+  FO_HOST_DEVICE void to_coefs(double* c) const {
+    c[0] = neg_clr;
+    c[1] = c[2] = c[3] = 0.0;
+  }
+};
+
 inline namespace FO_ISA {
 
 // States: sum. Per tensor: c[0] = -clr.

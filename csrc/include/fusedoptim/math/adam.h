@@ -34,7 +34,9 @@ struct AdamHyper {
 
 // Per-param coefficients that depend on the param's own step count, in double, computed as
 // torch's single-tensor path computes them in Python floats.
+// (NOTE: [Step coefficients] in math/rule.h.)
 struct AdamStepCoefs {
+  static constexpr int kExtraScalars = 0;
   double neg_step_size, inv_bias_correction2_sqrt;
 
   FO_HOST_DEVICE static AdamStepCoefs at_step(const AdamHyper& h, double step) {

@@ -21,6 +21,26 @@ struct AdamaxHyper {
   bool lr_is_float32;  // a float32 Tensor lr: torch computes clr in float32 (math/rule.h)
 };
 
+// c[0] = -clr at step t (NOTE: [Step coefficients] in math/rule.h).
+struct AdamaxStepCoefs {
+  static constexpr int kExtraScalars = 0;
+  double neg_clr;
+
+  FO_HOST_DEVICE static AdamaxStepCoefs at_step(const AdamaxHyper& h, double step) {
+    const double bias_correction = 1.0 - pow(h.beta1, step);
+    if (h.lr_is_float32) {  // NOTE: [Tensor learning rates]
+      const float clr = static_cast<float>(h.lr) / static_cast<float>(bias_correction);
+      return {-double(clr)};
+    }
+    return {-(h.lr / bias_correction)};
+  }
+
+  FO_HOST_DEVICE void to_coefs(double* c) const {
+    c[0] = neg_clr;
+    c[1] = c[2] = c[3] = 0.0;
+  }
+};
+
 inline namespace FO_ISA {
 
 // States: exp_avg, exp_inf. Per tensor: c[0] = -clr.

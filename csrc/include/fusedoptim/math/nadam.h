@@ -2,7 +2,7 @@
 // backend.
 //
 // Per element, in torch.optim.NAdam's order of operations (t = the param's step after
-// increment; mu_product is the param's own 0-dim state, advanced on the host):
+// increment; mu_product is the param's own 0-dim state, advanced by NadamStepCoefs):
 //   g = maximize ? -grad : grad
 //   p = p * (1 - lr * weight_decay)                (decoupled, weight_decay != 0)
 //   g = g + weight_decay * p                       (coupled, weight_decay != 0)
@@ -25,6 +25,54 @@ struct NadamHyper {
   bool decoupled_weight_decay, maximize;
   double decay_factor;  // 1 - lr * weight_decay, computed by the caller as torch does
   bool lr_is_float32;   // a float32 Tensor lr: torch computes the step sizes in float32 (math/rule.h)
+};
+
+// c[0] = 1 - beta2^t, c[1] = c_grad, c[2] = c_avg at step t, advancing the param's
+// mu_product (NOTE: [Step coefficients] in math/rule.h).
+struct NadamStepCoefs {
+  static constexpr int kExtraScalars = 1;
+  static constexpr int kMuProduct = 1;  // scalars: step, mu_product
+  double bias_correction2, grad_step, avg_step;
+
+  FO_HOST_DEVICE static double momentum_at(const NadamHyper& h, double step) {
+    return h.beta1 * (1.0 - 0.5 * pow(0.96, step * h.momentum_decay));
+  }
+
+  template <typename Scalars>
+  FO_HOST_DEVICE static NadamStepCoefs advance(const NadamHyper& h, double step, Scalars& scalars) {
+    const double mu = momentum_at(h, step);
+    const double mu_next = momentum_at(h, step + 1.0);
+    // mu_product *= mu: a float32 state multiplies in float32.
+    const double old_product = scalars.get(kMuProduct);
+    double product = old_product * mu;
+    if (!scalars.is_double(kMuProduct)) {
+      const float product32 = static_cast<float>(old_product) * static_cast<float>(mu);
+      product = double(product32);
+    }
+    scalars.set(kMuProduct, product);
+    const double product_next = product * mu_next;
+    NadamStepCoefs out{1.0 - pow(h.beta2, step), 0.0, 0.0};
+    // -lr * (1 - mu) / (1 - product) and (-lr * mu_next) / (1 - product_next), each operation
+    // in the lr's dtype (NOTE: [Tensor learning rates]).
+    if (h.lr_is_float32) {
+      const float lr = static_cast<float>(h.lr);
+      const float grad_step = (-lr * static_cast<float>(1.0 - mu)) / static_cast<float>(1.0 - product);
+      const float avg_step = (-lr * static_cast<float>(mu_next)) / static_cast<float>(1.0 - product_next);
+      out.grad_step = double(grad_step);
+      out.avg_step = double(avg_step);
+    } else {
+      out.grad_step = -h.lr * (1.0 - mu) / (1.0 - product);
+      out.avg_step = (-h.lr * mu_next) / (1.0 - product_next);
+    }
+    return out;
+  }
+
+  FO_HOST_DEVICE void to_coefs(double* c) const {
+    c[0] = bias_correction2;
+    c[1] = grad_step;
+    c[2] = avg_step;
+    c[3] = 0.0;
+  }
 };
 
 inline namespace FO_ISA {

@@ -25,12 +25,14 @@ struct RadamHyper {
   double decay_factor;  // 1 - lr * weight_decay, computed by the caller as torch does
 };
 
-// RAdam's per-step quantities, in double as torch computes them in Python floats.
+// RAdam's per-step quantities, in double as torch computes them in Python floats (NOTE: [Step
+// coefficients] in math/rule.h).
 struct RadamStepCoefs {
+  static constexpr int kExtraScalars = 0;
   double bias_correction1, bias_correction2_sqrt, rect;
   bool rectified;  // rho_t > 5
 
-  static RadamStepCoefs at_step(const RadamHyper& h, double step) {
+  FO_HOST_DEVICE static RadamStepCoefs at_step(const RadamHyper& h, double step) {
     const double bias_correction1 = 1.0 - pow(h.beta1, step);
     const double bias_correction2 = 1.0 - pow(h.beta2, step);
     const double rho_inf = 2.0 / (1.0 - h.beta2) - 1.0;
@@ -40,6 +42,13 @@ struct RadamStepCoefs {
       coefs.rect = pow((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t), 0.5);
     }
     return coefs;
+  }
+
+  FO_HOST_DEVICE void to_coefs(double* c) const {
+    c[0] = bias_correction1;
+    c[1] = bias_correction2_sqrt;
+    c[2] = rect;
+    c[3] = rectified ? 1.0 : 0.0;
   }
 };
 

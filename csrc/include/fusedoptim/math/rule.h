@@ -15,6 +15,36 @@
 
 namespace fusedoptim {
 namespace math {
+
+// NOTE: [Step coefficients]
+// What a rule's per-tensor coefficients are at a param's new step count t, written once for
+// the host (csrc/cpu/<algo>_cpu.cpp) and for the CUDA step kernel that advances `step` on the
+// device (NOTE: [Device steps and GradScaler] in csrc/cuda/sweep.cuh). A Coefs struct has
+//   static constexpr int kExtraScalars;   // 0-dim states besides `step` it advances
+//   void to_coefs(double* c) const;       // as TensorEntry::coef
+// and either (kExtraScalars == 0)
+//   static Coefs at_step(const Hyper&, double t);
+// or (NAdam's mu_product, ASGD's eta and mu)
+//   template <typename Scalars> static Coefs advance(const Hyper&, double t, Scalars& s);
+// which reads and writes the param's scalar states k = 1, 2, ... (0 is `step`, the order of
+// Bucket's scalars) through s.get(k), s.set(k, value) (rounded to the state's dtype) and
+// s.is_double(k). None of it is in FO_ISA: these run on the host, never in a CPU kernel.
+
+// The coefficients of a rule whose per-tensor values do not depend on the step count
+// (Adadelta, RMSprop, Rprop): `step` only counts.
+struct StepCountOnly {
+  static constexpr int kExtraScalars = 0;
+
+  template <typename Hyper>
+  FO_HOST_DEVICE static StepCountOnly at_step(const Hyper&, double) {
+    return {};
+  }
+
+  FO_HOST_DEVICE void to_coefs(double* c) const {
+    for (int k = 0; k < kNumTensorCoefs; ++k) c[k] = 0.0;
+  }
+};
+
 inline namespace FO_ISA {
 
 // NOTE: [Tensor learning rates]

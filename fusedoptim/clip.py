@@ -20,8 +20,9 @@ pass (multiplying by 1 changes nothing). Norm types 1, 2 and inf have their own 
 other p > 0 use pow per element. What the kernels can't take (grads off the CPU, strided or
 sparse grads, tensor subclasses, complex grads with p != 2, norm types <= 0) is left to
 torch's own functions, and their norms combined with ours as torch combines per-tensor norms.
-No host sync beyond reading the CPU results: error_if_nonfinite checks the returned tensor
-as torch does.
+No host sync beyond reading the CPU results (grads all on CUDA never sync: torch computes
+their norm and scales them with its foreach kernels): error_if_nonfinite checks the returned
+tensor as torch does.
 """
 
 import functools
@@ -115,11 +116,21 @@ def _clip_grads_with_norm(grads, max_norm, total_norm):
         return
     coef = _clip_coefficient(max_norm, total_norm)
     others = grads
-    if _extension.extension_available():
+    if _extension.extension_available() and any(g.device.type == "cpu" for g in grads):
+        # The CPU kernels take the coefficient by value: a host sync only where a CPU grad
+        # needs it, as torch's own coef.to("cpu") would be for grads on the CPU.
         value = coef.item() if coef.device.type == "cpu" else coef.to("cpu").item()
         others = [] if value == 1.0 else [grads[i] for i in _extension._C.scale_grad_list(grads, value)]
+    groups = {}
     for g in others:
-        g.mul_(coef.to(g.device))
+        groups.setdefault((g.device, g.dtype), []).append(g)
+    for (device, _), group_grads in groups.items():
+        device_coef = coef.to(device)
+        if device.type != "cpu" and all(g.layout == torch.strided for g in group_grads):
+            torch._foreach_mul_(group_grads, device_coef)  # as torch: multi-tensor kernels, no sync
+        else:
+            for g in group_grads:
+                g.mul_(device_coef)
 
 
 @torch.no_grad()

@@ -406,6 +406,33 @@ def test_grad_scaler_unscales_and_skips_in_the_kernels(dtype, optim):
         assert f_opt.state[pf]["step"].is_cuda
 
 
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, float("inf")], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_clip_grad_norm_on_cuda_matches_torch_without_a_host_sync(dtype, norm_type):
+    """fusedoptim.clip_grad_norm_ on CUDA grads: torch's norm and scaling, and no host sync
+    (torch's sync debug mode raises on any)."""
+    shapes = [(4097,), (33,), (7, 9)]
+    values = make_param_values(shapes, dtype, seed=17)
+    grads = make_grad_values(shapes, dtype, seed=1700)[0]
+    norms = []
+    for clip in (torch.nn.utils.clip_grad_norm_, fusedoptim.clip_grad_norm_):
+        params = as_params([v.cuda() for v in values])
+        for p, g in zip(params, grads):
+            p.grad = g.cuda() * 10
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error" if clip is fusedoptim.clip_grad_norm_ else "default")
+        try:
+            norm = clip(params, 1.0, norm_type)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        norms.append((norm, [p.grad for p in params]))
+    (t_norm, t_grads), (f_norm, f_grads) = norms
+    assert f_norm.device == t_norm.device and f_norm.dtype == t_norm.dtype
+    torch.testing.assert_close(f_norm, t_norm, rtol=0, atol=0)
+    for gf, gt in zip(f_grads, t_grads):
+        torch.testing.assert_close(gf, gt, rtol=0, atol=0)
+
+
 # Issue 5's options on CUDA (NOTE: [Precision options on CUDA] in csrc/cuda/sweep.cuh).
 OPTION_CASES = [
     (torch.bfloat16, dict(master_weights=True)),

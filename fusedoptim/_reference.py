@@ -42,7 +42,10 @@ def sgd(params, states, *, lr, momentum, dampening, weight_decay, nesterov, maxi
 
 
 def adam(params, states, *, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-         decoupled_weight_decay, differentiable, step_dtype, step_on_param_device):
+         decoupled_weight_decay, differentiable, step_dtype, step_on_param_device, capturable=False):
+    # capturable: torch's capturable (not fused) arithmetic for params off the CPU (where torch
+    # refuses capturable; on the CPU its Python-float arithmetic), tensor expressions on the
+    # device `step` with no host sync, as differentiable=True's.
     if isinstance(lr, torch.Tensor) and lr.dim() != 0:
         lr = lr.squeeze()
     for param, state in zip(params, states):
@@ -75,8 +78,9 @@ def adam(params, states, *, lr, beta1, beta2, eps, weight_decay, amsgrad, maximi
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
 
-        if differentiable:
-            # The step as a tensor expression, so autograd sees every dependency.
+        if differentiable or (capturable and step_t.device.type != "cpu"):
+            # The step as a tensor expression, so autograd sees every dependency (and a
+            # capturable step reads no device value on the host).
             bias_correction1 = 1 - beta1 ** step_t
             bias_correction2 = 1 - beta2 ** step_t
             step_size_neg = (lr / bias_correction1).neg()
@@ -87,7 +91,7 @@ def adam(params, states, *, lr, beta1, beta2, eps, weight_decay, amsgrad, maximi
             else:
                 second_moment = exp_avg_sq
             denom = (second_moment.sqrt() / (bias_correction2_sqrt * step_size_neg)).add_(eps / step_size_neg)
-            param.addcdiv_(exp_avg.clone(), denom)
+            param.addcdiv_(exp_avg.clone() if differentiable else exp_avg, denom)
         else:
             step = step_t.item()
             bias_correction1 = 1 - beta1 ** step

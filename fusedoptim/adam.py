@@ -147,6 +147,7 @@ class Adam(FusedOptimizer):
             amsgrad=group["amsgrad"], maximize=group["maximize"],
             decoupled_weight_decay=group["decoupled_weight_decay"], differentiable=group["differentiable"],
             step_dtype=self._step_dtype(group), step_on_param_device=bool(group["capturable"] or group["fused"]),
+            capturable=bool(group["capturable"]) and not group["fused"],  # torch's fused=True wins
         )
 
 

@@ -10,6 +10,7 @@ __all__ = ["ASGD"]
 
 
 class ASGD(FusedOptimizer):
+    _has_step = True
     _sparse_grad_error = "ASGD does not support sparse gradients"
     _group_defaults = {"foreach": None, "maximize": False, "differentiable": False, "capturable": False}
 

@@ -10,6 +10,7 @@ __all__ = ["NAdam"]
 
 
 class NAdam(FusedOptimizer):
+    _has_step = True
     _tensor_betas_take_reference_path = True
     _sparse_grad_error = "NAdam does not support sparse gradients"
     _group_defaults = {

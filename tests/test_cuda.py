@@ -73,12 +73,20 @@ def _cuda_kwargs(config, kwargs_fn):
 
 def _float32_step_arithmetic(config, dtype):
     """Whether torch's side computes fp64 params' step coefficients in float32: its capturable
-    (not fused) code does tensor arithmetic on the float32 `step` (beta1 ** step, ...), where our
-    step kernel computes them in double as torch's Python-float path does (NOTE: [Step
-    coefficients] in math/rule.h). The two then differ by float32 roundings of the
-    coefficients, far over the fp64 tolerance."""
-    return (dtype == torch.float64 and config.kwargs.get("capturable") and not config.kwargs.get("fused")
-            and _device_steps(config))
+    (not fused) code does tensor arithmetic on the float32 `step` (beta1 ** step, ...), in an
+    order of its own for foreach (CUDA's default). Our step kernel computes them in double as
+    torch's Python-float path does (NOTE: [Step coefficients] in math/rule.h), and our
+    reference path as torch's single-tensor capturable code: both differ from torch's default
+    run by float32 roundings of the coefficients, far over the fp64 tolerance."""
+    return dtype == torch.float64 and config.kwargs.get("capturable") and not config.kwargs.get("fused")
+
+
+def _same_arithmetic_kwargs(config, dtype):
+    """The torch run that computes fp64 step coefficients as ours do (_float32_step_arithmetic):
+    without capturable for device steps, single-tensor capturable for the reference path."""
+    if _device_steps(config):  # single-tensor: torch's foreach ASGD computes eta in float32 too
+        return {**{k: v for k, v in config.reference_kwargs(dtype).items() if k != "capturable"}, "foreach": False}
+    return dict(_cuda_kwargs(config, config.fused_kwargs)(dtype), foreach=False)
 
 
 def _run(cls, config, kwargs_fn, values, grads):
@@ -125,15 +133,15 @@ def test_registry_parity_on_cuda(config, dtype):
     f_opt, f_params = _run(fused_cls, config, config.fused_kwargs, values, grads)
     if _float32_step_arithmetic(config, dtype):
         # Against torch's capturable run at fp32's tolerance (its float32 0.999 ** step alone is
-        # 1e-5 off in 1 - beta2 ** step), and tightly against its Python-float run, which
-        # computes the coefficients as we do.
+        # 1e-5 off in 1 - beta2 ** step), and tightly against the torch run that computes the
+        # coefficients as we do.
         loose = dict(rtol=1e-5, atol=1e-6)
         assert_params_match(f_params, t_params, tol=loose)
         assert_states_match(f_opt, t_opt, f_params, t_params, tol=loose)
-        plain = {k: v for k, v in config.reference_kwargs(dtype).items() if k != "capturable"}
-        p_params = as_params([v.cuda() for v in values])
-        run_steps(torch_cls(config.optim)(p_params, **plain), p_params, [[g.cuda() for g in gs] for gs in grads])
-        assert_params_match(f_params, p_params)
+        s_params = as_params([v.cuda() for v in values])
+        s_opt = torch_cls(config.optim)(s_params, **_same_arithmetic_kwargs(config, dtype))
+        run_steps(s_opt, s_params, [[g.cuda() for g in gs] for gs in grads])
+        assert_params_match(f_params, s_params)
     else:
         assert_runs_match(f_opt, t_opt, f_params, t_params, config)
     _check_paths(config, f_opt)
@@ -351,10 +359,38 @@ def test_captured_step_replays_like_eager_torch(optim, kwargs):
     assert all(f_opt.state[p]["step"].item() == 6 and f_opt.state[p]["step"].is_cuda for p in f_params)
 
 
+@pytest.mark.filterwarnings("ignore::fusedoptim.ReferencePathWarning")
+def test_capturable_adam_with_a_device_lr_captures_on_the_reference_path():
+    """A Tensor lr on the device sends a capturable Adam to the reference path, which then
+    computes as torch's single-tensor capturable code, with no host sync: it can be captured."""
+    shapes = [(4097,), (33,)]
+    values = make_param_values(shapes, torch.float32, seed=18)
+    grads = make_grad_values(shapes, torch.float32, num_steps=5, seed=1800)
+    t_params = as_params([v.cuda() for v in values])
+    t_opt = torch.optim.Adam(t_params, lr=torch.tensor(1e-2, device="cuda"), capturable=True, foreach=False)
+    run_steps(t_opt, t_params, [[g.cuda() for g in gs] for gs in grads])
+
+    f_params = as_params([v.cuda() for v in values])
+    static_grads = [torch.zeros_like(p) for p in f_params]
+    for p, g in zip(f_params, static_grads):
+        p.grad = g
+    f_opt = fusedoptim.Adam(f_params, lr=torch.tensor(1e-2, device="cuda"), capturable=True)
+    graph = _capture_step(f_opt, static_grads, grads[:2])
+    assert_reference_path(f_opt)
+    for step in range(2, 5):
+        for g, value in zip(static_grads, grads[step]):
+            g.copy_(value)
+        graph.replay()
+    torch.cuda.synchronize()
+    assert_params_match(f_params, t_params)
+    assert_states_match(f_opt, t_opt, f_params, t_params)
+
+
 @pytest.mark.parametrize("optim,kwargs", DEVICE_STEP_CASES, ids=DEVICE_STEP_IDS)
 def test_device_steps_make_no_host_sync(optim, kwargs):
     """After the first step (the plan, the state, the device tables), a step with device-side
-    `step` syncs with the host nowhere (torch's sync debug mode raises on any sync)."""
+    `step` (and 0-dim states) syncs with the host nowhere (torch's sync debug mode raises on
+    any sync)."""
     params = as_params([v.cuda() for v in make_param_values([(4097,), (33,)], torch.float32, seed=16)])
     opt = getattr(fusedoptim, optim)(params, **kwargs)
     for step in range(3):
@@ -519,6 +555,7 @@ def test_max_grad_norm_and_device_steps_make_no_host_sync():
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert_fused_path(opt)
+    assert all(value.is_cuda for p in params for value in opt.state[p].values())
 
 
 @pytest.mark.parametrize("options", [dict(max_grad_norm=0.5), dict(master_weights=True)], ids=str)

@@ -330,30 +330,37 @@ DEVICE_STEP_CASES = [
 DEVICE_STEP_IDS = [f"{optim}-{'-'.join(kwargs)}" for optim, kwargs in DEVICE_STEP_CASES]
 
 
-@pytest.mark.parametrize("optim,kwargs", DEVICE_STEP_CASES, ids=DEVICE_STEP_IDS)
-def test_captured_step_replays_like_eager_torch(optim, kwargs):
-    """A whole step with device-side `step` (and mu_product, eta, mu) captured in a CUDA graph
-    and replayed: the params and every state as torch's eager steps with the same flags (NOTE:
-    [Device steps and GradScaler])."""
+def _captured_and_torch_runs(optim, torch_kwargs, fused_kwargs, num_steps, seed):
+    """torch.optim's eager steps, and ours: two warm-up steps, then one captured in a CUDA graph
+    and replayed for the rest. Returns (torch optimizer, params, ours, params)."""
     shapes = [(4097,), (33,), (16384 * 2 + 3,)]
-    values = make_param_values(shapes, torch.float32, seed=10)
-    grads = make_grad_values(shapes, torch.float32, num_steps=6, seed=1000)
+    values = make_param_values(shapes, torch.float32, seed=seed)
+    grads = make_grad_values(shapes, torch.float32, num_steps=num_steps, seed=seed * 100)
     t_params = as_params([v.cuda() for v in values])
-    t_opt = getattr(torch.optim, optim)(t_params, **kwargs)
+    t_opt = getattr(torch.optim, optim)(t_params, **torch_kwargs)
     run_steps(t_opt, t_params, [[g.cuda() for g in gs] for gs in grads])
 
     f_params = as_params([v.cuda() for v in values])
     static_grads = [torch.zeros_like(p) for p in f_params]
     for p, g in zip(f_params, static_grads):
         p.grad = g
-    f_opt = getattr(fusedoptim, optim)(f_params, **kwargs)
+    f_opt = getattr(fusedoptim, optim)(f_params, **fused_kwargs)
     graph = _capture_step(f_opt, static_grads, grads[:2])
-    assert_fused_path(f_opt)
-    for step in range(2, 6):
+    for step in range(2, num_steps):
         for g, value in zip(static_grads, grads[step]):
             g.copy_(value)
         graph.replay()
     torch.cuda.synchronize()
+    return t_opt, t_params, f_opt, f_params
+
+
+@pytest.mark.parametrize("optim,kwargs", DEVICE_STEP_CASES, ids=DEVICE_STEP_IDS)
+def test_captured_step_replays_like_eager_torch(optim, kwargs):
+    """A whole step with device-side `step` (and mu_product, eta, mu) captured in a CUDA graph
+    and replayed: the params and every state as torch's eager steps with the same flags (NOTE:
+    [Device steps and GradScaler])."""
+    t_opt, t_params, f_opt, f_params = _captured_and_torch_runs(optim, kwargs, kwargs, num_steps=6, seed=10)
+    assert_fused_path(f_opt)
     assert_params_match(f_params, t_params)
     assert_states_match(f_opt, t_opt, f_params, t_params)
     assert all(f_opt.state[p]["step"].item() == 6 and f_opt.state[p]["step"].is_cuda for p in f_params)
@@ -363,36 +370,18 @@ def test_captured_step_replays_like_eager_torch(optim, kwargs):
 def test_capturable_adam_with_a_device_lr_captures_on_the_reference_path():
     """A Tensor lr on the device sends a capturable Adam to the reference path, which then
     computes as torch's single-tensor capturable code, with no host sync: it can be captured."""
-    shapes = [(4097,), (33,)]
-    values = make_param_values(shapes, torch.float32, seed=18)
-    grads = make_grad_values(shapes, torch.float32, num_steps=5, seed=1800)
-    t_params = as_params([v.cuda() for v in values])
-    t_opt = torch.optim.Adam(t_params, lr=torch.tensor(1e-2, device="cuda"), capturable=True, foreach=False)
-    run_steps(t_opt, t_params, [[g.cuda() for g in gs] for gs in grads])
-
-    f_params = as_params([v.cuda() for v in values])
-    static_grads = [torch.zeros_like(p) for p in f_params]
-    for p, g in zip(f_params, static_grads):
-        p.grad = g
-    f_opt = fusedoptim.Adam(f_params, lr=torch.tensor(1e-2, device="cuda"), capturable=True)
-    graph = _capture_step(f_opt, static_grads, grads[:2])
+    t_opt, t_params, f_opt, f_params = _captured_and_torch_runs(
+        "Adam", dict(lr=torch.tensor(1e-2, device="cuda"), capturable=True, foreach=False),
+        dict(lr=torch.tensor(1e-2, device="cuda"), capturable=True), num_steps=5, seed=18)
     assert_reference_path(f_opt)
-    for step in range(2, 5):
-        for g, value in zip(static_grads, grads[step]):
-            g.copy_(value)
-        graph.replay()
-    torch.cuda.synchronize()
     assert_params_match(f_params, t_params)
     assert_states_match(f_opt, t_opt, f_params, t_params)
 
 
-@pytest.mark.parametrize("optim,kwargs", DEVICE_STEP_CASES, ids=DEVICE_STEP_IDS)
-def test_device_steps_make_no_host_sync(optim, kwargs):
-    """After the first step (the plan, the state, the device tables), a step with device-side
-    `step` (and 0-dim states) syncs with the host nowhere (torch's sync debug mode raises on
-    any sync)."""
-    params = as_params([v.cuda() for v in make_param_values([(4097,), (33,)], torch.float32, seed=16)])
-    opt = getattr(fusedoptim, optim)(params, **kwargs)
+def _steps_without_host_sync(opt, params):
+    """Three fused steps on fresh grads, the last two under torch's sync debug mode, which
+    raises on any host sync (the first builds the plan, the state and the device tables); then
+    every state is on the device."""
     for step in range(3):
         for p in params:
             p.grad = torch.randn_like(p)
@@ -405,6 +394,17 @@ def test_device_steps_make_no_host_sync(optim, kwargs):
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert_fused_path(opt)
+    assert all(value.is_cuda for p in params for value in opt.state[p].values())
+
+
+@pytest.mark.parametrize("optim,kwargs", DEVICE_STEP_CASES, ids=DEVICE_STEP_IDS)
+def test_device_steps_make_no_host_sync(optim, kwargs):
+    """After the first step (the plan, the state, the device tables), a step with device-side
+    `step` (and 0-dim states) syncs with the host nowhere (torch's sync debug mode raises on
+    any sync)."""
+    params = as_params([v.cuda() for v in make_param_values([(4097,), (33,)], torch.float32, seed=16)])
+    opt = getattr(fusedoptim, optim)(params, **kwargs)
+    _steps_without_host_sync(opt, params)
 
 
 @pytest.mark.parametrize("optim", ["Adam", "Adagrad"])
@@ -543,19 +543,7 @@ def test_max_grad_norm_and_device_steps_make_no_host_sync():
     the update stay on the device (torch's sync debug mode raises on any sync)."""
     params = as_params([v.cuda() for v in make_param_values([(4097,), (33,)], torch.float32, seed=14)])
     opt = fusedoptim.AdamW(params, lr=1e-2, fused=True, max_grad_norm=0.5)
-    for step in range(3):
-        for p in params:
-            p.grad = torch.randn_like(p)
-        if step == 0:
-            opt.step()  # the plan, the state and the device tables
-            continue
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            opt.step()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    assert_fused_path(opt)
-    assert all(value.is_cuda for p in params for value in opt.state[p].values())
+    _steps_without_host_sync(opt, params)
 
 
 @pytest.mark.parametrize("options", [dict(max_grad_norm=0.5), dict(master_weights=True)], ids=str)

@@ -33,8 +33,8 @@ struct AdamHyper {
 // inside the parity tolerances, and about 10% faster on the small-tensor benchmark.
 
 // Per-param coefficients that depend on the param's own step count, in double, computed as
-// torch's single-tensor path computes them in Python floats.
-// (NOTE: [Step coefficients] in math/rule.h.)
+// torch's single-tensor path computes them in Python floats (NOTE: [Step coefficients] in
+// math/rule.h).
 struct AdamStepCoefs {
   static constexpr int kExtraScalars = 0;
   double neg_step_size, inv_bias_correction2_sqrt;

@@ -3,7 +3,9 @@
 #include <algorithm>
 
 #include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
+#include <c10/util/Half.h>
 
 #include "cpu/dispatch.h"
 #include "cuda_table.h"
@@ -59,7 +61,7 @@ Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
               "fusedoptim: no fused kernel for ", params_[0].scalar_type(), " params with ", state_type, " states");
   state_ptrs_.assign(n, {});
   scalar_ptrs_.assign(scalars_.size(), std::vector<void*>(n, nullptr));
-  scalar_is_double_.assign(scalars_.size(), std::vector<uint8_t>(n, 0));
+  scalar_types_.assign(scalars_.size(), std::vector<at::ScalarType>(n, at::kFloat));
   has_state_.assign(n, 1);
   bool placement_known = false;
   for (size_t i = 0; i < n; ++i) {
@@ -90,16 +92,17 @@ Bucket::Bucket(std::vector<at::Tensor> params, std::vector<std::string> names,
         has_state_[i] = 0;
         continue;
       }
-      const bool on_device = device_.is_cuda() && scalar.device() == device_ && scalar.scalar_type() == at::kFloat;
+      const at::ScalarType type = scalar.scalar_type();
+      const bool on_device = device_.is_cuda() && scalar.device() == device_ && type == at::kFloat;
       TORCH_CHECK((scalar.is_cpu() || on_device) && scalar.numel() == 1 &&
-                      (scalar.scalar_type() == at::kFloat || scalar.scalar_type() == at::kDouble),
+                      (type == at::kFloat || type == at::kDouble || type == at::kBFloat16 || type == at::kHalf),
                   "fusedoptim: the scalar states of ", names_[i],
                   " must be one-element float tensors on the CPU (or float32 on the params' CUDA device)");
       if (!placement_known) device_scalars_ = on_device;  // the first defined scalar decides
       placement_known = true;
       TORCH_CHECK(on_device == device_scalars_, "fusedoptim: scalar states of one bucket on the CPU and on ", device_);
       scalar_ptrs_[k][i] = scalar.data_ptr();
-      scalar_is_double_[k][i] = scalar.scalar_type() == at::kDouble;
+      scalar_types_[k][i] = type;
     }
   }
   TORCH_CHECK(masters_.empty() || ((dtype_ == DType::kBFloat16 || dtype_ == DType::kFloat16) &&
@@ -293,21 +296,29 @@ const std::vector<double>& Bucket::advance_steps() {
 
 double Bucket::scalar(int k, size_t entry) const {
   const int64_t i = entry_params_[entry];
-  void* ptr = scalar_ptrs_[k][i];
-  return scalar_is_double_[k][i] ? *static_cast<double*>(ptr) : double(*static_cast<float*>(ptr));
+  const void* ptr = scalar_ptrs_[k][i];
+  switch (scalar_types_[k][i]) {
+    case at::kDouble: return *static_cast<const double*>(ptr);
+    case at::kBFloat16: return double(static_cast<float>(*static_cast<const c10::BFloat16*>(ptr)));
+    case at::kHalf: return double(static_cast<float>(*static_cast<const c10::Half*>(ptr)));
+    default: return double(*static_cast<const float*>(ptr));
+  }
 }
 
 void Bucket::set_scalar(int k, size_t entry, double value) {
   const int64_t i = entry_params_[entry];
   void* ptr = scalar_ptrs_[k][i];
-  if (scalar_is_double_[k][i]) {
-    *static_cast<double*>(ptr) = value;
-  } else {
-    *static_cast<float*>(ptr) = static_cast<float>(value);
+  switch (scalar_types_[k][i]) {
+    case at::kDouble: *static_cast<double*>(ptr) = value; break;
+    case at::kBFloat16: *static_cast<c10::BFloat16*>(ptr) = c10::BFloat16(static_cast<float>(value)); break;
+    case at::kHalf: *static_cast<c10::Half*>(ptr) = c10::Half(static_cast<float>(value)); break;
+    default: *static_cast<float*>(ptr) = static_cast<float>(value); break;
   }
 }
 
-bool Bucket::scalar_is_double(int k, size_t entry) const { return scalar_is_double_[k][entry_params_[entry]] != 0; }
+bool Bucket::scalar_is_double(int k, size_t entry) const {
+  return scalar_types_[k][entry_params_[entry]] == at::kDouble;
+}
 
 at::Tensor Bucket::device_grad_norm(const math::GradNormHyper& hyper) {
   TORCH_CHECK(device_table_ != nullptr, "fusedoptim: device_grad_norm is for CUDA buckets");

@@ -25,8 +25,9 @@ class Bucket {
   // the algorithm's slot order, undefined where the param has no state yet; they are the
   // tensors in optimizer.state[p] (views of flat buffers when the plan allocated them); they
   // all have the params' dtype, or all one other dtype the kernels pair with it (state_dtype).
-  // scalars[k][i]: param i's 0-dim scalar state k (float32 or float64), if the algorithm keeps
-  // any; scalars[0] is the step counter (ASGD adds eta and mu, NAdam mu_product).
+  // scalars[k][i]: param i's 0-dim scalar state k (float32 or float64; on the CPU also bf16 or
+  // fp16), if the algorithm keeps any; scalars[0] is the step counter (ASGD adds eta and mu,
+  // NAdam mu_product).
   // first_step[i]: 1 while param i's state holds no values yet (SGD's momentum buffer
   // starts as a copy of the grad).
   // masters[i]: param i's fp32 master weights (master_weights=True, bf16/fp16 params only;
@@ -71,7 +72,8 @@ class Bucket {
   const std::vector<void*>& entry_scalar_ptrs() const { return entry_scalar_ptrs_; }
   // Advances the step counter of every param in the table; returns the new values.
   const std::vector<double>& advance_steps();
-  // Scalar state k of the param of table entry `entry`, read and written in its own dtype.
+  // Scalar state k of the param of table entry `entry`, read and written in its own dtype
+  // (set_scalar rounds to it; 16-bit states from a float32 value, as torch's ops round them).
   double scalar(int k, size_t entry) const;
   void set_scalar(int k, size_t entry, double value);
   bool scalar_is_double(int k, size_t entry) const;
@@ -112,7 +114,9 @@ class Bucket {
   // Cached at construction: the state and step addresses of each param (null: no state).
   std::vector<std::array<void*, kMaxSlots - kFirstStateSlot>> state_ptrs_;
   std::vector<std::vector<void*>> scalar_ptrs_;  // [k][i]
-  std::vector<std::vector<uint8_t>> scalar_is_double_;
+  // [k][i]: float32 or float64; on the CPU also bf16/fp16, which torch's load_state_dict makes of
+  // a 16-bit param's 0-dim states (NAdam's mu_product, ASGD's eta and mu) and then computes in.
+  std::vector<std::vector<at::ScalarType>> scalar_types_;
   std::vector<uint8_t> has_state_;  // every state and scalar of the param is defined
 
   // What the plan was built for; a param that no longer matches needs a rebuild.

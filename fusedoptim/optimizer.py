@@ -253,11 +253,17 @@ def _refused_on_reference_path(group, param):
     return None
 
 
+# The dtypes of 0-dim states the host steps read and write in place: torch's load_state_dict
+# casts a 16-bit param's (NAdam's mu_product, ASGD's eta and mu) to its dtype, and torch then
+# computes them in it. The CUDA step kernels take float32 only.
+_HOST_SCALAR_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
 def _reusable_scalar(value, device):
     """Whether an existing 0-dim state can be read in place (on `device`: see NOTE: [CUDA steps])."""
     return (
         isinstance(value, torch.Tensor) and value.device == device and value.numel() == 1
-        and value.dtype in ((torch.float32,) if device.type == "cuda" else (torch.float32, torch.float64))
+        and value.dtype in ((torch.float32,) if device.type == "cuda" else _HOST_SCALAR_DTYPES)
         and value.is_contiguous()
     )
 
@@ -351,7 +357,7 @@ class _Bucket:
             for k, i in enumerate(indices):
                 old = slot_states[i].get(name)
                 if (not self.device_steps and isinstance(old, torch.Tensor)
-                        and old.dtype in (torch.float32, torch.float64) and old.dtype != step_dtype):
+                        and old.dtype in _HOST_SCALAR_DTYPES and old.dtype != step_dtype):
                     self.scalars[name][i] = old.detach().to("cpu", copy=True).reshape(())  # torch keeps a loaded dtype
                     continue
                 values[k] = _scalar(old) if old is not None else optimizer._initial_scalar(group, name)

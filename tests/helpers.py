@@ -297,13 +297,7 @@ def assert_reference_path(opt):
 # fusedoptim mismatches with torch found by this suite and not fixed yet: the affected test
 # cases are marked xfail(strict=True) with mark_known_bug, so that they turn into failures
 # (XPASS strict) as soon as the bug is fixed and the mark must go.
-KNOWN_BUGS = {
-    "scalar_state_dtype_after_load": (
-        "fusedoptim bug: torch's load_state_dict casts NAdam's mu_product and ASGD's eta/mu to "
-        "a 16-bit param's dtype and torch then computes them in that dtype; fusedoptim turns "
-        "them back into float32 tensors"
-    ),
-}
+KNOWN_BUGS = {}  # none open
 
 
 def mark_known_bug(request, key):

@@ -292,19 +292,6 @@ def assert_reference_path(opt):
     assert paths["reference"] > 0 and paths["fused"] == 0, paths
 
 
-# ----------------------------------------------------------------------------- known bugs
-
-# fusedoptim mismatches with torch found by this suite and not fixed yet: the affected test
-# cases are marked xfail(strict=True) with mark_known_bug, so that they turn into failures
-# (XPASS strict) as soon as the bug is fixed and the mark must go.
-KNOWN_BUGS = {}  # none open
-
-
-def mark_known_bug(request, key):
-    """Mark the running test xfail(strict=True) for the known bug `key` (see KNOWN_BUGS)."""
-    request.node.add_marker(pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[key]))
-
-
 # ----------------------------------------------------------------------------- errors
 
 

@@ -32,7 +32,6 @@ from helpers import (
     fused_cls,
     make_grad_values,
     make_param_values,
-    mark_known_bug,
     outcome,
     run_steps,
     set_grads,
@@ -347,7 +346,7 @@ def test_lamb_global_grad_norm_spans_groups_and_paths(dtype, isa):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
                          ids=["fp32", "bf16", "fp16"])
-def test_lamb_small_grads_in_low_precision(dtype, request):
+def test_lamb_small_grads_in_low_precision(dtype):
     """Grads of 1e-3 (or clipped grads): (1 - beta2) * g^2 = 1e-9 underflows to 0 in fp16, so
     the moments stored in the param's dtype give an update of ~ m / eps.  The trust ratio must
     be made for the update that is applied (|update of each param| = lr * |p| * ...), as the
@@ -366,7 +365,7 @@ def test_lamb_small_grads_in_low_precision(dtype, request):
 
 
 @pytest.mark.parametrize("case", ["differentiable", "non_contiguous"])
-def test_lamb_clipping_with_complex_params_on_the_reference_path(case, request):
+def test_lamb_clipping_with_complex_params_on_the_reference_path(case):
     """The global grad norm over complex grads (as real pairs) on the reference path."""
     g = torch.Generator().manual_seed(81)
     base = torch.randn(4, 6, generator=g, dtype=torch.complex128)

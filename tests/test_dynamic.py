@@ -17,7 +17,6 @@ from helpers import (
     fused_cls,
     make_grad_values,
     make_param_values,
-    mark_known_bug,
     outcome,
     set_grads,
     torch_cls,
@@ -217,7 +216,7 @@ SWITCH_CASES = [("SGD", n, s) for n, s in SGD_SWITCHES] + [
 
 @pytest.mark.parametrize("optim,name,switches", SWITCH_CASES,
                          ids=[f"{o}-{n}" for o, n, _ in SWITCH_CASES])
-def test_group_options_changed_mid_training(optim, name, switches, request):
+def test_group_options_changed_mid_training(optim, name, switches):
     """Options that decide which state exists, edited in param_groups between steps: same
     params and state as torch (stale buffers are kept and reused as torch does), or torch's
     exact error where torch fails."""
@@ -306,7 +305,7 @@ def test_empty_param_groups(optim):
 
 
 @pytest.mark.parametrize("config", REPRESENTATIVE_CONFIGS, ids=config_ids(REPRESENTATIVE_CONFIGS))
-def test_load_partial_state_then_new_params_get_grads(config, request):
+def test_load_partial_state_then_new_params_get_grads(config):
     """Load a torch state_dict in which some params have no state yet; those params then get
     their first grad: they start fresh exactly as torch's would."""
     dtype = torch.float64

@@ -23,7 +23,6 @@ from helpers import (
     fused_cls,
     make_grad_values,
     make_param_values,
-    mark_known_bug,
     outcome,
     run_fused,
     run_steps,
@@ -69,7 +68,7 @@ def test_registry_parity(config, dtype, isa):
 
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=["c64", "c128"])
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=config_ids(ALL_CONFIGS))
-def test_complex_parity(config, dtype, isa, request):
+def test_complex_parity(config, dtype, isa):
     """Complex params vs torch (torch views them as real pairs).
 
     torch refuses fused=True for complex params; fusedoptim accepts fused=True everywhere

@@ -42,7 +42,6 @@ from helpers import (
     fused_cls,
     make_grad_values,
     make_param_values,
-    mark_known_bug,
     run_steps,
     torch_cls,
     ulp_at,
@@ -164,7 +163,7 @@ def check_against_fp64_reference(config, dtype, shapes, seed, device="cpu"):
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=LP_IDS)
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=config_ids(ALL_CONFIGS))
-def test_low_precision_vs_fp64_reference(config, dtype, isa, request):
+def test_low_precision_vs_fp64_reference(config, dtype, isa):
     opt = check_against_fp64_reference(config, dtype, SHAPES, seed=11)
     if config.expects_fused_path:
         assert_fused_path(opt)
@@ -174,7 +173,7 @@ def test_low_precision_vs_fp64_reference(config, dtype, isa, request):
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=LP_IDS)
 @pytest.mark.parametrize("config", REPRESENTATIVE_CONFIGS, ids=config_ids(REPRESENTATIVE_CONFIGS))
-def test_low_precision_tail_sizes(config, dtype, isa, request):
+def test_low_precision_tail_sizes(config, dtype, isa):
     opt = check_against_fp64_reference(config, dtype, TAIL_SHAPES, seed=12)
     assert_fused_path(opt)
 

@@ -119,7 +119,7 @@ def test_state_dict_structure_matches_torch(config):
 @pytest.mark.parametrize("via_bytes", [False, True], ids=["direct", "torch.save"])
 @pytest.mark.parametrize("direction", ["torch_to_fused", "fused_to_torch"])
 @pytest.mark.parametrize("config", ROUND_TRIP_CONFIGS, ids=config_ids(ROUND_TRIP_CONFIGS))
-def test_round_trip_mid_run(config, direction, via_bytes, request):
+def test_round_trip_mid_run(config, direction, via_bytes):
     """Run the source optimizer 5 steps, load its state_dict into the other implementation,
     continue 5 steps; compare with torch.optim doing the same round trip with itself (torch ->
     torch).  For most algorithms that equals an uninterrupted run; not where torch's
@@ -190,7 +190,7 @@ def test_weights_only_load_of_fused_state_dict(config):
 
 
 @pytest.mark.parametrize("config", ROUND_TRIP_CONFIGS, ids=config_ids(ROUND_TRIP_CONFIGS))
-def test_load_does_not_alias_source_tensors(config, request):
+def test_load_does_not_alias_source_tensors(config):
     """Mutating the loaded-from dict's tensors (state and Tensor hyperparameters) after load
     must not change the optimizer."""
     values, grads = _setup(config)
@@ -345,7 +345,7 @@ def _hook_log_run(cls, config, values, grads):
 
 
 @pytest.mark.parametrize("config", REPRESENTATIVE_CONFIGS[::2], ids=config_ids(REPRESENTATIVE_CONFIGS[::2]))
-def test_state_dict_hooks_called_like_torch(config, request):
+def test_state_dict_hooks_called_like_torch(config):
     values, grads = _setup(config)
     log_t, o_t, p_t = _hook_log_run(torch_cls(config.optim), config, values, grads)
     log_f, o_f, p_f = _hook_log_run(fused_cls(config.optim), config, values, grads)

@@ -8,6 +8,7 @@
 
 #include "bucket.h"
 #include "cpu/dispatch.h"
+#include "cuda_table.h"
 #include "fusedoptim/cuda/launch.h"
 #include "cpu/steps.h"
 
@@ -36,6 +37,21 @@ const float* device_float(const std::optional<at::Tensor>& tensor, const Bucket&
 DeviceAmp device_amp(const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
                      const Bucket& bucket) {
   return {device_float(grad_scale, bucket, "grad_scale"), device_float(found_inf, bucket, "found_inf")};
+}
+
+// A Tensor lr the kernels read on the device (NOTE: [Device learning rates] in
+// csrc/cuda/sweep.cuh): one float32 or float64 element on a CUDA device. One on another device
+// than the bucket's is copied (into `holder`, which must outlive the launches), as torch's
+// fused Adam copies it to each device.
+DeviceLr device_lr(const std::optional<at::Tensor>& lr, const Bucket& bucket, at::Tensor& holder) {
+  if (!lr) return {};
+  TORCH_CHECK(bucket.device_scalars(), "fusedoptim: a device lr goes to the kernels only with device-side steps");
+  TORCH_CHECK(lr->is_cuda() && lr->numel() == 1 && (lr->scalar_type() == at::kFloat || lr->scalar_type() == at::kDouble),
+              "fusedoptim: a device lr must be a one-element float32 or float64 CUDA tensor, got ", lr->scalar_type(),
+              " on ", lr->device());
+  const c10::Device device = bucket.device_table()->device();
+  holder = lr->device() == device ? *lr : lr->to(lr->options().device(device), /*non_blocking=*/true);
+  return {holder.data_ptr(), holder.scalar_type() == at::kDouble};
 }
 
 // The trailing arguments of the steps that take GradScaler's tensors.
@@ -70,20 +86,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("prepare", [](Bucket& b) { return static_cast<int>(b.prepare()); })
       .def_property_readonly("num_entries", &Bucket::num_entries)
       .def_property_readonly("has_strided_grads", &Bucket::has_strided_grads)
+      .def_property_readonly("device_scalars", &Bucket::device_scalars)
       .def("adam",
            [](Bucket& b, double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
               bool maximize, bool decoupled_weight_decay, double decay_factor, py::object coefs_at_step,
-              std::optional<at::Tensor> grad_scale, std::optional<at::Tensor> found_inf) {
+              MaybeTensor grad_scale, MaybeTensor found_inf, MaybeTensor lr_tensor) {
              const fusedoptim::math::AdamHyper hyper{lr,      beta1,    beta2,   eps, weight_decay, amsgrad,
                                                      maximize, decoupled_weight_decay, decay_factor};
              const DeviceAmp amp = device_amp(grad_scale, found_inf, b);
+             at::Tensor lr_here;
+             const DeviceLr on_device = device_lr(lr_tensor, b, lr_here);
              if (coefs_at_step.is_none()) {
                py::gil_scoped_release no_gil;
                adam_step(
                    b, hyper, [&](double step) { return fusedoptim::math::AdamStepCoefs::at_step(hyper, step); },
-                   amp);
+                   amp, on_device);
              } else {
-               TORCH_CHECK(!b.device_scalars(), "fusedoptim: Tensor hyperparameters take no device-side steps");
+               TORCH_CHECK(!b.device_scalars(), "fusedoptim: Tensor hyperparameters on the host take no device-side steps");
                // Called once per distinct step count, with the GIL held.
                adam_step(b, hyper, [&](double step) {
                  auto pair = coefs_at_step(step).cast<std::pair<double, double>>();
@@ -93,7 +112,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            },
            py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
            py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled_weight_decay"), py::arg("decay_factor"),
-           py::arg("coefs_at_step") = py::none(), FO_AMP_ARGS)
+           py::arg("coefs_at_step") = py::none(), FO_AMP_ARGS, py::arg("device_lr") = py::none())
       .def("sgd",
            [](Bucket& b, double lr, double momentum, double dampening, double weight_decay, bool nesterov,
               bool maximize) {

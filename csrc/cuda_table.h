@@ -22,6 +22,8 @@ class DeviceTableCache {
   // Raises if this build has no CUDA kernels.
   explicit DeviceTableCache(c10::Device device);
 
+  c10::Device device() const { return device_; }
+
   template <typename Hyper>
   void run(const char* (*KernelTable::*kernel)(const DeviceTable&, const Hyper&, const Launch&),
            const BucketTable& table, const Hyper& hyper) {
@@ -35,17 +37,20 @@ class DeviceTableCache {
   // A step whose `step` counters live on the device (scalar_ptrs: each entry's float32 scalar
   // states, `step` first, as Bucket::entry_scalar_ptrs() has them): the step kernel advances
   // them and sets the coefficients, then the update runs; with GradScaler's grad_scale and
-  // found_inf when given (NOTE: [Device steps and GradScaler]). No host sync, and no
-  // allocation unless the table changed.
+  // found_inf when given (NOTE: [Device steps and GradScaler]), and the device lr when given
+  // (NOTE: [Device learning rates]). No host sync, and no allocation unless the table changed.
   template <typename Hyper>
   void run_device_steps(
       const char* (*KernelTable::*steps_kernel)(const DeviceTable&, const Hyper&, const DeviceSteps&, const Launch&),
       const char* (*KernelTable::*kernel)(const DeviceTable&, const Hyper&, const Launch&), const BucketTable& table,
-      const Hyper& hyper, const std::vector<void*>& scalar_ptrs, const float* grad_scale, const float* found_inf) {
+      const Hyper& hyper, const std::vector<void*>& scalar_ptrs, const float* grad_scale, const float* found_inf,
+      const void* lr = nullptr, bool lr_is_double = false) {
     const c10::DeviceGuard guard(device_);
     DeviceTable device_table = sync(table, &scalar_ptrs);
     device_table.grad_scale = grad_scale;
     device_table.found_inf = found_inf;
+    device_table.lr = lr;
+    device_table.lr_is_double = lr_is_double ? 1 : 0;
     const Launch where = launch();
     const int64_t num_scalars = table.num_entries > 0 ? static_cast<int64_t>(scalar_ptrs.size()) / table.num_entries : 0;
     check((kernels()->*steps_kernel)(device_table, hyper, DeviceSteps{device_scalars_, num_scalars}, where));

@@ -110,9 +110,30 @@ class Adam(FusedOptimizer):
     def _state_names(self, group):
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
+    def _step_kernel_takes_hyperparameters(self, group):
+        # A Tensor lr: read by the kernels where it is on the device (float32 or float64), by the
+        # host where it is on the CPU (NOTE: [Device learning rates] in csrc/cuda/sweep.cuh).
+        # Tensor betas take the reference path.
+        lr = group["lr"]
+        lr_taken = not isinstance(lr, torch.Tensor) or lr.device.type == "cpu" or (
+            lr.device.type == "cuda" and lr.dtype in (torch.float32, torch.float64)
+        )
+        return lr_taken and not any(isinstance(b, torch.Tensor) for b in group["betas"])
+
     def _fused_step(self, group, bucket, device_amp=(None, None)):
         lr, (beta1, beta2), weight_decay = group["lr"], group["betas"], group["weight_decay"]
+        if bucket.device_scalars and isinstance(lr, torch.Tensor) and lr.device.type == "cuda":
+            # The kernels read lr on the device; the host's lr and decay factor are never read
+            # (NaN, so that a kernel that did would show it).
+            bucket.adam(
+                float("nan"), _scalar(beta1), _scalar(beta2), _scalar(group["eps"]), _scalar(weight_decay),
+                bool(group["amsgrad"]), bool(group["maximize"]), bool(group["decoupled_weight_decay"]),
+                float("nan"), None, *device_amp, device_lr=lr,
+            )
+            return
         coefs_at_step = None
+        if bucket.device_scalars:
+            lr = _scalar(lr)  # a CPU Tensor lr: its value, as torch's fused=True treats it
         if any(isinstance(x, torch.Tensor) for x in (lr, beta1, beta2)):
             # NOTE: [Tensor hyperparameters]
             # With Tensor lr or betas, torch.optim's bias corrections and step size are tensor
@@ -156,5 +177,7 @@ Adam.__doc__ = _TorchAdam.__doc__ + """
     the CPU or CUDA. ``foreach`` is accepted and has no effect. With ``fused=True`` or
     ``capturable=True``, CUDA params keep ``step`` on the device as in torch and the step makes
     no host sync (a step kernel advances it; GradScaler's unscaling and skipping happen in the
-    kernels); ``differentiable=True`` takes the plain-torch reference path.
+    kernels); a Tensor ``lr`` on the device is read there by the kernels, so a step captured in a
+    CUDA graph follows the values a scheduler writes into it. ``differentiable=True`` takes the
+    plain-torch reference path.
 """ + OPTIONS_DOC

@@ -174,10 +174,12 @@ def _fusable_tensor(tensor):
 # so that a step needs no host sync and can be captured in a CUDA graph. For those, a CUDA step
 # kernel advances `step` (and NAdam's mu_product, ASGD's eta and mu) on the device and computes
 # the coefficients from it (`_device_steps`: every algorithm with a `step`, its hyperparameters
-# Python numbers and its 0-dim states float32), so the step runs with no host sync, GradScaler's
-# unscaling and skipping included (NOTE: [Device steps and GradScaler] in csrc/cuda/sweep.cuh);
-# the CUDA params of other such groups (a Tensor lr or betas, float64 steps under a float64
-# default dtype) take the reference path.
+# Python numbers, or for Adam and AdamW a Tensor lr, and its 0-dim states float32), so the step
+# runs with no host sync, GradScaler's unscaling and skipping included (NOTE: [Device steps and
+# GradScaler] in csrc/cuda/sweep.cuh), and Adam's kernels read a CUDA Tensor lr on the device
+# (NOTE: [Device learning rates] there); the CUDA params of other such groups (Tensor betas, a
+# Tensor lr of another algorithm, float64 steps under a float64 default dtype) take the
+# reference path.
 def _keeps_step_on_device(group):
     return bool(group.get("capturable") or group.get("fused"))
 
@@ -648,8 +650,13 @@ class FusedOptimizer(Optimizer):
         `step` counters (NOTE: [CUDA steps]); then `_fused_step` takes `device_amp`."""
         return (
             self._has_step and self._step_dtype(group) == torch.float32
-            and not any(isinstance(x, torch.Tensor) for x in (group["lr"], *group.get("betas", ())))
+            and self._step_kernel_takes_hyperparameters(group)
         )
+
+    def _step_kernel_takes_hyperparameters(self, group):
+        """Whether the step kernels take this group's lr and betas: Python numbers (Adam also
+        takes a Tensor lr)."""
+        return not any(isinstance(x, torch.Tensor) for x in (group["lr"], *group.get("betas", ())))
 
     def _needs_whole_tensor(self, group):
         """None if this group's update of a param can run on each local shard of a sharded

@@ -45,10 +45,14 @@ def _keeps_step_on_device(config):
 
 def _device_steps(config):
     """Every algorithm with a `step` runs such groups with a CUDA step kernel when its lr and betas
-    are Python numbers; the others take the reference path (NOTE: [CUDA steps] in
-    fusedoptim/optimizer.py)."""
-    floats = not any(type(v).__name__ == "TensorHP" for v in (config.kwargs.get("lr"), *config.kwargs.get("betas", ())))
-    return config.optim not in ("SGD", "Lion", "LAMB", "LBFGS") and floats
+    are Python numbers, Adam and AdamW also with a Tensor lr (a TensorHP is float32 or float64,
+    which their kernels read on the device); the others take the reference path (NOTE: [CUDA
+    steps] in fusedoptim/optimizer.py)."""
+    def is_tensor(value):
+        return type(value).__name__ == "TensorHP"
+    tensor_lr_taken = config.optim in ("Adam", "AdamW") or not is_tensor(config.kwargs.get("lr"))
+    tensor_betas = any(is_tensor(b) for b in config.kwargs.get("betas", ()))
+    return config.optim not in ("SGD", "Lion", "LAMB", "LBFGS") and tensor_lr_taken and not tensor_betas
 
 
 def _expects_fused(config):
@@ -96,16 +100,19 @@ def _run(cls, config, kwargs_fn, values, grads):
     return opt, params
 
 
-def _capture_step(opt, static_grads=(), warm_up_grads=((),)):
+def _capture_step(opt, static_grads=(), warm_up_grads=((),), before_step=None):
     """Warm-up steps on a side stream (they build the plan, the state and the device tables, as
-    torch's graph recipe asks), each after copying its grads into `static_grads`; then one step
-    captured in a CUDA graph, which is returned."""
+    torch's graph recipe asks), each after copying its grads into `static_grads` (and calling
+    before_step(k) for warm-up step k); then one step captured in a CUDA graph, which is
+    returned."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        for grads in warm_up_grads:
+        for k, grads in enumerate(warm_up_grads):
             for g, value in zip(static_grads, grads):
                 g.copy_(value)
+            if before_step is not None:
+                before_step(k)
             opt.step()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
@@ -367,15 +374,67 @@ def test_captured_step_replays_like_eager_torch(optim, kwargs):
 
 
 @pytest.mark.filterwarnings("ignore::fusedoptim.ReferencePathWarning")
-def test_capturable_adam_with_a_device_lr_captures_on_the_reference_path():
-    """A Tensor lr on the device sends a capturable Adam to the reference path, which then
-    computes as torch's single-tensor capturable code, with no host sync: it can be captured."""
+def test_capturable_adam_on_the_reference_path_captures():
+    """A capturable Adam whose Tensor lr the kernels don't read (float16: NOTE: [Device learning
+    rates] in csrc/cuda/sweep.cuh) takes the reference path, which computes as torch's
+    single-tensor capturable code, with no host sync: it can be captured."""
+    def lr():
+        return torch.tensor(1e-2, dtype=torch.float16, device="cuda")
     t_opt, t_params, f_opt, f_params = _captured_and_torch_runs(
-        "Adam", dict(lr=torch.tensor(1e-2, device="cuda"), capturable=True, foreach=False),
-        dict(lr=torch.tensor(1e-2, device="cuda"), capturable=True), num_steps=5, seed=18)
+        "Adam", dict(lr=lr(), capturable=True, foreach=False), dict(lr=lr(), capturable=True), num_steps=5, seed=18)
     assert_reference_path(f_opt)
     assert_params_match(f_params, t_params)
     assert_states_match(f_opt, t_opt, f_params, t_params)
+
+
+DEVICE_LR_CASES = [
+    ("Adam", dict(capturable=True), torch.float32),
+    ("Adam", dict(capturable=True), torch.float64),
+    ("AdamW", dict(weight_decay=0.1, amsgrad=True, capturable=True), torch.float32),
+    ("AdamW", dict(weight_decay=0.1, fused=True), torch.float32),  # torch's fused kernel reads a float32 lr
+]
+
+
+@pytest.mark.parametrize(
+    "optim,kwargs,lr_dtype", DEVICE_LR_CASES,
+    ids=[f"{o}-{'-'.join(k)}-lr_{str(d).split('.')[1]}" for o, k, d in DEVICE_LR_CASES],
+)
+def test_captured_step_follows_a_device_lr(optim, kwargs, lr_dtype):
+    """A Tensor lr on the device (NOTE: [Device learning rates] in csrc/cuda/sweep.cuh) is read by
+    the kernels: one step captured in a CUDA graph follows the lr a scheduler writes into the
+    tensor before each replay, as torch's eager steps do, and no step syncs with the host."""
+    num_steps = 6
+    lrs = [1e-2 * 0.6**k for k in range(num_steps)]
+    shapes = [(4097,), (33,), (16384 * 2 + 3,)]
+    values = make_param_values(shapes, torch.float32, seed=18)
+    grads = make_grad_values(shapes, torch.float32, num_steps=num_steps, seed=1800)
+
+    t_lr = torch.tensor(lrs[0], dtype=lr_dtype, device="cuda")
+    t_params = as_params([v.cuda() for v in values])
+    t_opt = getattr(torch.optim, optim)(t_params, lr=t_lr, **kwargs)
+    for step in range(num_steps):
+        t_lr.fill_(lrs[step])
+        for p, g in zip(t_params, grads[step]):
+            p.grad = g.cuda()
+        t_opt.step()
+
+    f_lr = torch.tensor(lrs[0], dtype=lr_dtype, device="cuda")
+    f_params = as_params([v.cuda() for v in values])
+    static_grads = [torch.zeros_like(p) for p in f_params]
+    for p, g in zip(f_params, static_grads):
+        p.grad = g
+    f_opt = getattr(fusedoptim, optim)(f_params, lr=f_lr, **kwargs)
+    graph = _capture_step(f_opt, static_grads, grads[:2], before_step=lambda k: f_lr.fill_(lrs[k]))
+    for step in range(2, num_steps):
+        f_lr.fill_(lrs[step])
+        for g, value in zip(static_grads, grads[step]):
+            g.copy_(value)
+        graph.replay()
+    torch.cuda.synchronize()
+    assert_fused_path(f_opt)
+    assert_params_match(f_params, t_params)
+    assert_states_match(f_opt, t_opt, f_params, t_params)
+    _steps_without_host_sync(f_opt, f_params)
 
 
 def _steps_without_host_sync(opt, params):
@@ -407,19 +466,21 @@ def test_device_steps_make_no_host_sync(optim, kwargs):
     _steps_without_host_sync(opt, params)
 
 
-@pytest.mark.parametrize("optim", ["Adam", "Adagrad"])
+@pytest.mark.parametrize(
+    "optim,device_lr", [("Adam", False), ("Adam", True), ("Adagrad", False)], ids=["Adam", "Adam-device_lr", "Adagrad"]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-def test_grad_scaler_unscales_and_skips_in_the_kernels(dtype, optim):
+def test_grad_scaler_unscales_and_skips_in_the_kernels(dtype, optim, device_lr):
     """A fused=True optimizer under GradScaler with an inf injected on some steps: the same
     params, states, steps and scaler history as torch's fused one, with no host sync of
-    found_inf."""
+    found_inf; with a Tensor lr on the device as well (NOTE: [Device learning rates])."""
     shapes = [(4097,), (7,)]
     values = make_param_values(shapes, dtype, seed=12)
     targets = make_grad_values(shapes, torch.float32, num_steps=6, seed=1200)
     runs = []
     for cls in (getattr(torch.optim, optim), getattr(fusedoptim, optim)):
         params = [v.cuda().requires_grad_() for v in values]
-        opt = cls(params, lr=1e-2, fused=True)
+        opt = cls(params, lr=torch.tensor(1e-2, device="cuda") if device_lr else 1e-2, fused=True)
         scaler = torch.amp.GradScaler("cuda", init_scale=2.0**12, growth_interval=2)
         scales = []
         for step in range(6):

@@ -13,8 +13,11 @@ namespace cpu {
 // for Python-float hyperparameters, torch's own tensor arithmetic for Tensor ones (see
 // fusedoptim/adam.py, NOTE: [Tensor hyperparameters]).
 void adam_step(Bucket& bucket, const math::AdamHyper& hyper,
-               const std::function<math::AdamStepCoefs(double)>& coefs_at_step, const DeviceAmp& amp) {
-  if (FO_STEP_ON_DEVICE(bucket, adam, hyper, amp)) return;  // Python-float hyperparameters only
+               const std::function<math::AdamStepCoefs(double)>& coefs_at_step, const DeviceAmp& amp,
+               const DeviceLr& lr) {
+  if (step_on_device(bucket, &cuda::KernelTable::adam_steps, &cuda::KernelTable::adam, hyper, amp, lr)) {
+    return;  // Python-float betas only
+  }
   set_coefs_by_step(bucket, bucket.advance_steps(), [&](double step) {
     TensorCoefValues values;
     coefs_at_step(step).to_coefs(values.data());

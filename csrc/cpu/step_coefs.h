@@ -65,22 +65,24 @@ void set_step_coefs(Bucket& bucket, const Hyper& hyper) {
 
 // A CUDA bucket whose scalar states torch keeps on the device (capturable=True, fused=True):
 // the CUDA step kernel advances them and sets the coefficients, then the update runs, with
-// GradScaler's tensors when given (NOTE: [Device steps and GradScaler] in csrc/cuda/sweep.cuh).
-// Returns false, having done nothing, for any other bucket, which must then take no `amp`.
+// GradScaler's tensors when given (NOTE: [Device steps and GradScaler] in csrc/cuda/sweep.cuh),
+// and a device lr when given (NOTE: [Device learning rates]). Returns false, having done
+// nothing, for any other bucket, which must then take no `amp` and no `lr`.
 template <typename Hyper>
 bool step_on_device(Bucket& bucket,
                     const char* (*cuda::KernelTable::*steps_kernel)(const cuda::DeviceTable&, const Hyper&,
                                                                     const cuda::DeviceSteps&, const cuda::Launch&),
                     const char* (*cuda::KernelTable::*kernel)(const cuda::DeviceTable&, const Hyper&,
                                                               const cuda::Launch&),
-                    const Hyper& hyper, const DeviceAmp& amp) {
+                    const Hyper& hyper, const DeviceAmp& amp, const DeviceLr& lr = {}) {
   if (!bucket.device_scalars()) {
     TORCH_CHECK(amp.grad_scale == nullptr && amp.found_inf == nullptr,
                 "fusedoptim: grad_scale and found_inf are handled on the device only for CUDA buckets with device steps");
+    TORCH_CHECK(lr.value == nullptr, "fusedoptim: a device lr is read only by CUDA buckets with device steps");
     return false;
   }
   bucket.device_table()->run_device_steps(steps_kernel, kernel, bucket.table(), hyper, bucket.entry_scalar_ptrs(),
-                                          amp.grad_scale, amp.found_inf);
+                                          amp.grad_scale, amp.found_inf, lr.value, lr.is_double);
   return true;
 }
 

@@ -16,9 +16,19 @@ struct DeviceAmp {
   const float* found_inf = nullptr;
 };
 
+// A Tensor lr on a CUDA bucket's device (one float32 or float64 element), which the kernels of
+// a bucket with device steps read in place of the host's lr (NOTE: [Device learning rates] in
+// csrc/cuda/sweep.cuh); nullptr: none.
+struct DeviceLr {
+  const void* value = nullptr;
+  bool is_double = false;
+};
+
 // The steps with a `step` counter take `amp` (CUDA buckets with device steps only).
+// Adam also takes a device lr (NOTE: [Device learning rates]).
 void adam_step(Bucket& bucket, const math::AdamHyper& hyper,
-               const std::function<math::AdamStepCoefs(double)>& coefs_at_step, const DeviceAmp& amp = {});
+               const std::function<math::AdamStepCoefs(double)>& coefs_at_step, const DeviceAmp& amp = {},
+               const DeviceLr& lr = {});
 void sgd_step(Bucket& bucket, const math::SgdHyper& hyper);
 void adadelta_step(Bucket& bucket, const math::AdadeltaHyper& hyper, const DeviceAmp& amp = {});
 void adagrad_step(Bucket& bucket, const math::AdagradHyper& hyper, const DeviceAmp& amp = {});

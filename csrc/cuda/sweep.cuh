@@ -8,6 +8,7 @@
 #endif
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include <cuda_runtime.h>
 
@@ -102,6 +103,38 @@ __device__ FO_INLINE void store_lanes(void* slot, int64_t pack, const Lanes<T, W
 //   the math type after its load, as the CPU multiplies by BucketTable::grad_scale.
 // A pack holds kWidth elements of every slot, 16 bytes of the narrowest slot type, so fp32
 // params with bf16 states move 8 elements: two vectors of each fp32 slot, one of each bf16.
+
+// NOTE: [Device learning rates]
+// torch's fused=True and capturable=True Adam and AdamW take lr as a Tensor on the device, so
+// that a scheduler can change it in place (fill_, as torch's schedulers do for a Tensor lr)
+// between replays of a captured step; a new tensor in the group would not be seen by a graph
+// captured before, in torch as here. For such a
+// group the host passes the tensor's address (DeviceTable::lr, float32 or float64) and both
+// kernels of a device step read it, in place of the host's lr, into the hyperparameters'
+// with_lr: the step size -lr / (1 - beta1^t) and AdamW's decay factor 1 - lr * weight_decay
+// are then computed from it in double, as torch's fused kernel reads its float32 lr into a
+// double (it refuses a float64 one, which we read as well). The host's lr is NaN then, so
+// that a kernel that missed the device one would show it. A
+// Tensor lr on the CPU is read by the host each step, as torch's fused Adam reads it.
+// Only hyperparameter structs with with_lr take one (the host passes none to other rules);
+// Tensor betas, and Tensor lrs of the other algorithms, take the reference path.
+template <typename Hyper, typename = void>
+struct takes_device_lr : std::false_type {};
+template <typename Hyper>
+struct takes_device_lr<Hyper, decltype(void(std::declval<const Hyper&>().with_lr(0.0)))> : std::true_type {};
+
+template <typename Hyper>
+__device__ FO_INLINE Hyper with_device_lr(const Hyper& hyper, const DeviceTable& table) {
+  if constexpr (takes_device_lr<Hyper>::value) {
+    if (table.lr != nullptr) {
+      return hyper.with_lr(table.lr_is_double ? *static_cast<const double*>(table.lr)
+                                              : double(*static_cast<const float*>(table.lr)));
+    }
+  }
+  return hyper;
+}
+
+// The stochastic rounding seed of this step (NOTE: [Precision options on CUDA]).
 __device__ FO_INLINE uint64_t step_rounding_seed(const DeviceTable& table) {
   const uint64_t step = table.rounding_step != nullptr ? static_cast<uint64_t>(*table.rounding_step) : 0;
   return table.rounding_seed ^ (step * 0x9E3779B97F4A7C15ull);
@@ -243,7 +276,7 @@ template <template <typename> class Rule, typename Storage, typename StateStorag
 __global__ void __launch_bounds__(kThreadsPerBlock) elementwise_kernel(const DeviceTable table, const Hyper hyper) {
   using S = math_t<Storage>;
   if (table.found_inf != nullptr && *table.found_inf != 0.0f) return;  // NOTE: [Device steps and GradScaler]
-  const CudaRuleBody<Rule, Storage, StateStorage, kMaster, kStochastic> body(hyper, table);
+  const CudaRuleBody<Rule, Storage, StateStorage, kMaster, kStochastic> body(with_device_lr(hyper, table), table);
   for (int64_t chunk = blockIdx.x; chunk < table.num_chunks; chunk += gridDim.x) {
     const int64_t begin = chunk * kChunkNumel;
     const int64_t end = begin + kChunkNumel < table.total_numel ? begin + kChunkNumel : table.total_numel;
@@ -377,6 +410,7 @@ template <typename Coefs, typename Hyper>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     advance_steps_kernel(const DeviceTable table, const Hyper hyper, const DeviceSteps steps) {
   if (table.found_inf != nullptr && *table.found_inf != 0.0f) return;
+  const Hyper h = with_device_lr(hyper, table);  // NOTE: [Device learning rates]
   TensorEntry* entries = const_cast<TensorEntry*>(table.entries);  // the device copy is ours
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < table.num_entries;
        e += int64_t(gridDim.x) * blockDim.x) {
@@ -384,9 +418,9 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
     const float step = *scalars.ptrs[0] + 1.0f;  // torch adds 1 to the float32 tensor
     *scalars.ptrs[0] = step;
     if constexpr (Coefs::kExtraScalars == 0) {
-      Coefs::at_step(hyper, double(step)).to_coefs(entries[e].coef);
+      Coefs::at_step(h, double(step)).to_coefs(entries[e].coef);
     } else {
-      Coefs::advance(hyper, double(step), scalars).to_coefs(entries[e].coef);
+      Coefs::advance(h, double(step), scalars).to_coefs(entries[e].coef);
     }
   }
 }

@@ -71,6 +71,11 @@ struct DeviceTable {
   uint64_t rounding_seed;
   const int64_t* rounding_step;
   const double* clip_coef;
+  // A Tensor lr on the bucket's device, read by the kernels in place of the hyperparameters'
+  // lr (NOTE: [Device learning rates] in csrc/cuda/sweep.cuh): a float32 or (lr_is_double) a
+  // float64 value; nullptr: the host's lr.
+  const void* lr;
+  int32_t lr_is_double;
 };
 
 // Per-entry 0-dim states on the device (torch's `step`, and NAdam's mu_product, ASGD's eta and

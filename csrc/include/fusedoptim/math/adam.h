@@ -23,6 +23,15 @@ struct AdamHyper {
   double lr, beta1, beta2, eps, weight_decay;
   bool amsgrad, maximize, decoupled_weight_decay;
   double decay_factor;  // 1 - lr * weight_decay, computed by the caller as torch does (fusedoptim/adam.py)
+
+  // The hyperparameters with the lr a CUDA kernel read on the device (NOTE: [Device learning
+  // rates] in csrc/cuda/sweep.cuh): AdamW's decay factor follows it.
+  FO_HOST_DEVICE AdamHyper with_lr(double device_lr) const {
+    AdamHyper h = *this;
+    h.lr = device_lr;
+    h.decay_factor = 1.0 - device_lr * weight_decay;
+    return h;
+  }
 };
 
 // NOTE: [One division]

@@ -24,11 +24,13 @@ using namespace fusedoptim::cpu;
 
 namespace {
 
-// GradScaler's grad_scale / found_inf for a CUDA bucket with device steps: a one-element
-// float32 tensor on the bucket's device, read by the kernels (or nullptr when not given).
-const float* device_float(const std::optional<at::Tensor>& tensor, const Bucket& bucket, const char* what) {
+// GradScaler's grad_scale / found_inf for a CUDA bucket whose kernels take them (with device
+// steps; SGD's on any CUDA bucket): a one-element float32 tensor on the bucket's device, read by
+// the kernels (or nullptr when not given).
+const float* device_float(const std::optional<at::Tensor>& tensor, bool kernels_take_it, const char* what) {
   if (!tensor) return nullptr;
-  TORCH_CHECK(bucket.device_scalars(), "fusedoptim: ", what, " goes to the kernels only with device-side steps");
+  TORCH_CHECK(kernels_take_it, "fusedoptim: ", what,
+              " goes to the kernels only of CUDA buckets with device-side steps (or of SGD)");
   TORCH_CHECK(tensor->scalar_type() == at::kFloat && tensor->numel() == 1 && tensor->is_cuda(), "fusedoptim: ", what,
               " must be a one-element float32 CUDA tensor");
   return tensor->data_ptr<float>();
@@ -36,7 +38,8 @@ const float* device_float(const std::optional<at::Tensor>& tensor, const Bucket&
 
 DeviceAmp device_amp(const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
                      const Bucket& bucket) {
-  return {device_float(grad_scale, bucket, "grad_scale"), device_float(found_inf, bucket, "found_inf")};
+  return {device_float(grad_scale, bucket.device_scalars(), "grad_scale"),
+          device_float(found_inf, bucket.device_scalars(), "found_inf")};
 }
 
 // A Tensor lr the kernels read on the device (NOTE: [Device learning rates] in
@@ -87,6 +90,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("num_entries", &Bucket::num_entries)
       .def_property_readonly("has_strided_grads", &Bucket::has_strided_grads)
       .def_property_readonly("device_scalars", &Bucket::device_scalars)
+      .def_property_readonly("has_first_steps", &Bucket::has_first_steps)
       .def("adam",
            [](Bucket& b, double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
               bool maximize, bool decoupled_weight_decay, double decay_factor, py::object coefs_at_step,
@@ -115,10 +119,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("coefs_at_step") = py::none(), FO_AMP_ARGS, py::arg("device_lr") = py::none())
       .def("sgd",
            [](Bucket& b, double lr, double momentum, double dampening, double weight_decay, bool nesterov,
-              bool maximize) {
+              bool maximize, MaybeTensor grad_scale, MaybeTensor found_inf) {
+             const bool on_cuda = b.device_table() != nullptr;  // SGD has no step kernel to need
+             const DeviceAmp amp{device_float(grad_scale, on_cuda, "grad_scale"),
+                                 device_float(found_inf, on_cuda, "found_inf")};
              py::gil_scoped_release no_gil;
-             sgd_step(b, {lr, momentum, dampening, weight_decay, nesterov, maximize});
-           })
+             sgd_step(b, {lr, momentum, dampening, weight_decay, nesterov, maximize}, amp);
+           },
+           py::arg("lr"), py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"),
+           py::arg("maximize"), FO_AMP_ARGS)
       // The other algorithms: hyperparameters as torch.optim names them, in its order; then,
       // where they keep a `step`, GradScaler's tensors for CUDA buckets with device steps.
       .def("adadelta",

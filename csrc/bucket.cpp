@@ -343,4 +343,11 @@ void Bucket::clear_first_steps() {
   for (int64_t i : entry_params_) first_step_[i] = 0;
 }
 
+bool Bucket::has_first_steps() const {
+  for (int64_t i : entry_params_) {
+    if (first_step_[i] != 0) return true;
+  }
+  return false;
+}
+
 }  // namespace fusedoptim

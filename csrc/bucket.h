@@ -82,6 +82,8 @@ class Bucket {
   const std::vector<Segment>& segments(int64_t max_numel);
   // Marks the state of every param in the table as holding values.
   void clear_first_steps();
+  // Whether a param in the table has state without values yet (first_step).
+  bool has_first_steps() const;
   // The grad multiplier of this step's table (max_grad_norm's clip coefficient) of a CPU
   // bucket; prepare() resets it to 1.
   void set_grad_scale(double scale);

@@ -24,11 +24,16 @@ class DeviceTableCache {
 
   c10::Device device() const { return device_; }
 
+  // With GradScaler's grad_scale and found_inf when given (SGD, which has no step kernel: NOTE:
+  // [Device steps and GradScaler]).
   template <typename Hyper>
   void run(const char* (*KernelTable::*kernel)(const DeviceTable&, const Hyper&, const Launch&),
-           const BucketTable& table, const Hyper& hyper) {
+           const BucketTable& table, const Hyper& hyper, const float* grad_scale = nullptr,
+           const float* found_inf = nullptr) {
     const c10::DeviceGuard guard(device_);
-    const DeviceTable device_table = sync(table, nullptr);
+    DeviceTable device_table = sync(table, nullptr);
+    device_table.grad_scale = grad_scale;
+    device_table.found_inf = found_inf;
     const Launch where = launch();
     check((kernels()->*kernel)(device_table, hyper, where));
     note_capture(where);

@@ -303,6 +303,11 @@ class _Bucket:
             kernel_params[0].device.type == "cuda" and optimizer._has_step and _keeps_step_on_device(group)
             and optimizer._device_steps(group)
         )
+        # Whether the kernels can take GradScaler's tensors without a step kernel (SGD with
+        # fused=True; NOTE: [GradScaler with fused=True]).
+        self.amp_without_step = (
+            kernel_params[0].device.type == "cuda" and optimizer._kernel_amp_without_step and bool(group.get("fused"))
+        )
         scalar_device = kernel_params[0].device if self.device_steps else torch.device("cpu")
         n = len(params)
         self.has_slot = [st is not None for st in slot_states]
@@ -515,14 +520,21 @@ class _Plan:
                     bucket.release_local_grads()
 
     def amp_on_device(self):
-        """Whether every param with a grad is in a CUDA bucket with device steps, so the kernels
-        can take GradScaler's grad_scale and found_inf (NOTE: [Device steps and GradScaler])."""
+        """Whether every param with a grad is in a CUDA bucket whose kernels take GradScaler's
+        grad_scale and found_inf (NOTE: [Device steps and GradScaler]): one with device steps,
+        or SGD's once no momentum buffer waits for its first values (a skipped first step would
+        leave it half made)."""
         buckets = [b for _, group_buckets, _ in self.groups for b in group_buckets]
         return (
             any(b.compiled.num_entries for b in buckets)
-            # A strided grad is swept through a contiguous copy: its unscaled values would not
-            # reach the user's .grad, which torch's fused Adam leaves unscaled.
-            and all(b.device_steps and not b.is_dtensor and not b.compiled.has_strided_grads for b in buckets)
+            and all(
+                (b.device_steps or (b.amp_without_step and not b.compiled.has_first_steps))
+                and not b.is_dtensor
+                # A strided grad is swept through a contiguous copy: its unscaled values would not
+                # reach the user's .grad, which torch's fused kernels leave unscaled.
+                and not b.compiled.has_strided_grads
+                for b in buckets
+            )
             and not any(p.grad is not None for _, _, reference in self.groups for p in reference)
         )
 
@@ -564,6 +576,9 @@ class FusedOptimizer(Optimizer):
 
     _plan = None
     _has_step = False
+    # Whether the kernels of a fused=True group take GradScaler's tensors without a step kernel
+    # (SGD: NOTE: [GradScaler with fused=True]).
+    _kernel_amp_without_step = False
     # Options torch.optim's __setstate__ restores for optimizers pickled before they existed.
     _group_defaults = {}
     # Whether the optimizer takes max_grad_norm and norm_type (NOTE: [max_grad_norm]).
@@ -878,12 +893,18 @@ class FusedOptimizer(Optimizer):
                     return False, None
         return True, None
 
-    def _ready_plan(self):
+    def _ready_plan(self, rebuild=True):
+        """The plan of this step, prepared; with rebuild=False None where that needs a new plan
+        (which would make the state of params stepping for the first time)."""
         plan = self._plan
         if plan is None or not self._plan_is_current(plan):
+            if not rebuild:
+                return None
             plan = _Plan(self)
         try:
             if not plan.prepare():
+                if not rebuild:
+                    return None  # prepare() released the local grads
                 plan = _Plan(self)
                 if not plan.prepare():
                     raise AssertionError("fusedoptim: a freshly built plan does not fit its params")
@@ -904,8 +925,11 @@ class FusedOptimizer(Optimizer):
     # kernels then unscale the grads in place and update, or, on an overflow, leave params,
     # grads and `step` as they were; Adam's first step still creates its (zero) state. We do
     # the same around our kernels: the grads are divided by the scale first, as torch's
-    # kernels divide, then the step runs. (torch's fused SGD leaves an uninitialized momentum
-    # buffer after an overflowed first step; SGD here creates no state then.)
+    # kernels divide, then the step runs; where every param with a grad is in a CUDA bucket
+    # whose kernels take grad_scale and found_inf (device steps, or SGD), they go there instead,
+    # with no host sync (`amp_on_device`). (torch's fused SGD leaves an uninitialized momentum
+    # buffer after an overflowed first step; SGD here creates no state then: until every
+    # momentum buffer holds values, its step reads found_inf on the host.)
     def _skip_overflowed_step(self):
         if self._has_step:
             self._ready_plan()  # the state a first step creates, at step 0
@@ -1000,11 +1024,16 @@ class FusedOptimizer(Optimizer):
         grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         device_amp = False  # NOTE: [Device steps and GradScaler]: the kernels unscale and skip
         # (not when clipping: the norm is of the unscaled grads)
-        if (grad_scale is not None or found_inf is not None) and self._has_step and not self._clips_any() and any(
-            _keeps_step_on_device(group) and self._device_steps(group) for group in self.param_groups
-        ):
-            plan = self._ready_plan()  # the state a first step creates, as _skip_overflowed_step
-            device_amp = plan.amp_on_device()
+        if (grad_scale is not None or found_inf is not None) and not self._clips_any():
+            if self._has_step and any(
+                _keeps_step_on_device(group) and self._device_steps(group) for group in self.param_groups
+            ):
+                plan = self._ready_plan()  # the state a first step creates, as _skip_overflowed_step
+                device_amp = plan.amp_on_device()
+            elif self._kernel_amp_without_step and any(group.get("fused") for group in self.param_groups):
+                # SGD creates no state on a skipped step: only an existing plan may serve.
+                plan = self._ready_plan(rebuild=False)
+                device_amp = plan is not None and plan.amp_on_device()
         if not device_amp:
             if found_inf is not None and found_inf.item() != 0:
                 self._skip_overflowed_step()

@@ -10,6 +10,8 @@ __all__ = ["SGD"]
 
 
 class SGD(FusedOptimizer):
+    _kernel_amp_without_step = True  # fused=True on CUDA: GradScaler in the kernel, as torch's
+
     def __init__(
         self,
         params,
@@ -73,10 +75,10 @@ class SGD(FusedOptimizer):
     def _first_step(self, param_state):
         return param_state.get("momentum_buffer") is None
 
-    def _fused_step(self, group, bucket):
+    def _fused_step(self, group, bucket, device_amp=(None, None)):
         bucket.sgd(
             _scalar(group["lr"]), _scalar(group["momentum"]), _scalar(group["dampening"]),
-            _scalar(group["weight_decay"]), bool(group["nesterov"]), bool(group["maximize"]),
+            _scalar(group["weight_decay"]), bool(group["nesterov"]), bool(group["maximize"]), *device_amp,
         )
 
     def _reference_step(self, group, params):

@@ -503,6 +503,49 @@ def test_grad_scaler_unscales_and_skips_in_the_kernels(dtype, optim, device_lr):
         assert f_opt.state[pf]["step"].is_cuda
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9], ids=["plain", "momentum"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_sgd_grad_scaler_unscales_and_skips_in_the_kernel(dtype, momentum):
+    """fused=True SGD under GradScaler with an inf injected on steps 2 and 4 (not the first:
+    torch's fused SGD would leave uninitialized momentum buffers): the same params, momentum
+    buffers, grads and scaler history as torch's fused SGD; from the second step on (every
+    momentum buffer holds values), the kernel unscales and skips, and scaler.step makes no
+    host sync."""
+    shapes = [(4097,), (7,)]
+    values = make_param_values(shapes, dtype, seed=13)
+    targets = make_grad_values(shapes, torch.float32, num_steps=6, seed=1300)
+    runs = []
+    for cls in (torch.optim.SGD, fusedoptim.SGD):
+        params = [v.cuda().requires_grad_() for v in values]
+        opt = cls(params, lr=1e-2, momentum=momentum, fused=True)
+        scaler = torch.amp.GradScaler("cuda", init_scale=2.0**12, growth_interval=2)
+        scales = []
+        for step in range(6):
+            opt.zero_grad()
+            loss = sum(0.5 * ((p.float() - t.cuda()) ** 2).sum() for p, t in zip(params, targets[step]))
+            scaler.scale(loss).backward()
+            if step in (2, 4):
+                params[0].grad.view(-1)[step] = float("inf")
+            checks_sync = cls is fusedoptim.SGD and step >= 1
+            torch.cuda.set_sync_debug_mode("error" if checks_sync else "default")
+            try:
+                scaler.step(opt)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            scaler.update()
+            scales.append(scaler.get_scale())
+        runs.append((opt, params, scales))
+    (t_opt, t_params, t_scales), (f_opt, f_params, f_scales) = runs
+    assert f_scales == t_scales
+    assert_fused_path(f_opt)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
+    for pf, pt in zip(f_params, t_params):
+        torch.testing.assert_close(pf, pt, **tol)
+        torch.testing.assert_close(pf.grad, pt.grad, **tol)
+        if momentum:
+            torch.testing.assert_close(f_opt.state[pf]["momentum_buffer"], t_opt.state[pt]["momentum_buffer"], **tol)
+
+
 @pytest.mark.parametrize("norm_type", [2.0, 1.0, float("inf")], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_clip_grad_norm_on_cuda_matches_torch_without_a_host_sync(dtype, norm_type):

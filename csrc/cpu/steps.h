@@ -29,7 +29,9 @@ struct DeviceLr {
 void adam_step(Bucket& bucket, const math::AdamHyper& hyper,
                const std::function<math::AdamStepCoefs(double)>& coefs_at_step, const DeviceAmp& amp = {},
                const DeviceLr& lr = {});
-void sgd_step(Bucket& bucket, const math::SgdHyper& hyper);
+// SGD takes `amp` too, for a CUDA bucket whose params all have momentum buffers with values
+// (or no momentum): NOTE: [Device steps and GradScaler].
+void sgd_step(Bucket& bucket, const math::SgdHyper& hyper, const DeviceAmp& amp = {});
 void adadelta_step(Bucket& bucket, const math::AdadeltaHyper& hyper, const DeviceAmp& amp = {});
 void adagrad_step(Bucket& bucket, const math::AdagradHyper& hyper, const DeviceAmp& amp = {});
 void adamax_step(Bucket& bucket, const math::AdamaxHyper& hyper, const DeviceAmp& amp = {});

@@ -85,7 +85,8 @@ __device__ FO_INLINE void store_lanes(void* slot, int64_t pack, const Lanes<T, W
 // be captured in a CUDA graph. GradScaler's protocol is honoured on the device as torch's
 // fused kernels do: when *found_inf is not zero both kernels return at once (params, states
 // and `step` unchanged); otherwise each grad is divided by *grad_scale, used, and stored back
-// unscaled.
+// unscaled. SGD, which keeps no `step`, takes them in its update kernel alone (fused=True), once
+// its momentum buffers hold values (fusedoptim/optimizer.py, NOTE: [GradScaler with fused=True]).
 
 // NOTE: [Precision options on CUDA]
 // The CUDA kernels run issue 5's options as the CPU sweeps do (cpu/sweep.h), from the same

@@ -26,11 +26,11 @@ namespace {
 
 // GradScaler's grad_scale / found_inf for a CUDA bucket whose kernels take them (with device
 // steps; SGD's on any CUDA bucket): a one-element float32 tensor on the bucket's device, read by
-// the kernels (or nullptr when not given).
-const float* device_float(const std::optional<at::Tensor>& tensor, bool kernels_take_it, const char* what) {
+// the kernels (or nullptr when not given). `which`: the buckets that take it, for the error.
+const float* device_float(const std::optional<at::Tensor>& tensor, bool kernels_take_it, const char* what,
+                          const char* which) {
   if (!tensor) return nullptr;
-  TORCH_CHECK(kernels_take_it, "fusedoptim: ", what,
-              " goes to the kernels only of CUDA buckets with device-side steps (or of SGD)");
+  TORCH_CHECK(kernels_take_it, "fusedoptim: ", what, " goes to the kernels only of ", which);
   TORCH_CHECK(tensor->scalar_type() == at::kFloat && tensor->numel() == 1 && tensor->is_cuda(), "fusedoptim: ", what,
               " must be a one-element float32 CUDA tensor");
   return tensor->data_ptr<float>();
@@ -38,8 +38,9 @@ const float* device_float(const std::optional<at::Tensor>& tensor, bool kernels_
 
 DeviceAmp device_amp(const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
                      const Bucket& bucket) {
-  return {device_float(grad_scale, bucket.device_scalars(), "grad_scale"),
-          device_float(found_inf, bucket.device_scalars(), "found_inf")};
+  const char* which = "CUDA buckets with device-side steps";
+  return {device_float(grad_scale, bucket.device_scalars(), "grad_scale", which),
+          device_float(found_inf, bucket.device_scalars(), "found_inf", which)};
 }
 
 // A Tensor lr the kernels read on the device (NOTE: [Device learning rates] in
@@ -121,8 +122,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            [](Bucket& b, double lr, double momentum, double dampening, double weight_decay, bool nesterov,
               bool maximize, MaybeTensor grad_scale, MaybeTensor found_inf) {
              const bool on_cuda = b.device_table() != nullptr;  // SGD has no step kernel to need
-             const DeviceAmp amp{device_float(grad_scale, on_cuda, "grad_scale"),
-                                 device_float(found_inf, on_cuda, "found_inf")};
+             const DeviceAmp amp{device_float(grad_scale, on_cuda, "grad_scale", "CUDA buckets"),
+                                 device_float(found_inf, on_cuda, "found_inf", "CUDA buckets")};
              py::gil_scoped_release no_gil;
              sgd_step(b, {lr, momentum, dampening, weight_decay, nesterov, maximize}, amp);
            },

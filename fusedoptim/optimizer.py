@@ -370,7 +370,7 @@ class _Bucket:
                 values[k] = _scalar(old) if old is not None else optimizer._initial_scalar(group, name)
                 self.scalars[name][i] = values[k]
         self.masters = self._masters(slot_states, copy_existing) if self.master else [None] * n
-        first_step = [int(optimizer._first_step(st)) if st is not None else 0 for st in slot_states]
+        first_step = [int(optimizer._first_step(group, st)) if st is not None else 0 for st in slot_states]
         self.compiled = _extension._C.Bucket(
             kernel_params, names, [self.states[name] for name in state_names],
             [self.scalars[name] for name in scalar_names], first_step, self.masters if self.master else [],
@@ -624,7 +624,7 @@ class FusedOptimizer(Optimizer):
         """Whether a param of this group gets state on its first step with a grad."""
         return bool(self._state_names(group)) or bool(self._scalar_names(group))
 
-    def _first_step(self, param_state):
+    def _first_step(self, group, param_state):
         """Whether a param with this (possibly empty) state has not stepped yet (SGD)."""
         return False
 
@@ -1025,15 +1025,17 @@ class FusedOptimizer(Optimizer):
         device_amp = False  # NOTE: [Device steps and GradScaler]: the kernels unscale and skip
         # (not when clipping: the norm is of the unscaled grads)
         if (grad_scale is not None or found_inf is not None) and not self._clips_any():
+            plan = None
             if self._has_step and any(
                 _keeps_step_on_device(group) and self._device_steps(group) for group in self.param_groups
             ):
                 plan = self._ready_plan()  # the state a first step creates, as _skip_overflowed_step
-                device_amp = plan.amp_on_device()
             elif self._kernel_amp_without_step and any(group.get("fused") for group in self.param_groups):
                 # SGD creates no state on a skipped step: only an existing plan may serve.
                 plan = self._ready_plan(rebuild=False)
-                device_amp = plan is not None and plan.amp_on_device()
+            device_amp = plan is not None and plan.amp_on_device()
+            if plan is not None and not device_amp:
+                plan.release_local_grads()  # DTensor grads: the host path prepares the plan again
         if not device_amp:
             if found_inf is not None and found_inf.item() != 0:
                 self._skip_overflowed_step()

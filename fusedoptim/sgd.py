@@ -72,8 +72,8 @@ class SGD(FusedOptimizer):
     def _state_names(self, group):
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
-    def _first_step(self, param_state):
-        return param_state.get("momentum_buffer") is None
+    def _first_step(self, group, param_state):
+        return group["momentum"] != 0 and param_state.get("momentum_buffer") is None
 
     def _fused_step(self, group, bucket, device_amp=(None, None)):
         bucket.sgd(
@@ -93,6 +93,8 @@ class SGD(FusedOptimizer):
 SGD.__doc__ = _TorchSGD.__doc__ + """
     fusedoptim: the step runs one fused kernel per bucket (param group x device x dtype), on
     the CPU or CUDA.
-    ``foreach`` and ``fused`` are accepted for compatibility and have no effect there;
+    ``foreach`` and ``fused`` are accepted for compatibility and have no effect there, except
+    that with ``fused=True`` on CUDA GradScaler's unscaling and skipping happen in the kernel
+    (from the step after the momentum buffers' first, with no host sync), as in torch;
     sparse gradients and ``differentiable=True`` take the plain-torch reference path.
 """ + OPTIONS_DOC

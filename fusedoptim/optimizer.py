@@ -1030,8 +1030,11 @@ class FusedOptimizer(Optimizer):
                 _keeps_step_on_device(group) and self._device_steps(group) for group in self.param_groups
             ):
                 plan = self._ready_plan()  # the state a first step creates, as _skip_overflowed_step
-            elif self._kernel_amp_without_step and any(group.get("fused") for group in self.param_groups):
-                # SGD creates no state on a skipped step: only an existing plan may serve.
+            elif self._kernel_amp_without_step and self._plan is not None and any(
+                b.amp_without_step for _, buckets, _ in self._plan.groups for b in buckets
+            ):
+                # SGD creates no state on a skipped step: only an existing plan, with a CUDA
+                # fused=True bucket, may serve (and CPU-only plans are not prepared twice).
                 plan = self._ready_plan(rebuild=False)
             device_amp = plan is not None and plan.amp_on_device()
             if plan is not None and not device_amp:

@@ -50,7 +50,8 @@ DeviceAmp device_amp(const std::optional<at::Tensor>& grad_scale, const std::opt
 DeviceLr device_lr(const std::optional<at::Tensor>& lr, const Bucket& bucket, at::Tensor& holder) {
   if (!lr) return {};
   TORCH_CHECK(bucket.device_scalars(), "fusedoptim: a device lr goes to the kernels only with device-side steps");
-  TORCH_CHECK(lr->is_cuda() && lr->numel() == 1 && (lr->scalar_type() == at::kFloat || lr->scalar_type() == at::kDouble),
+  const bool float32_or_64 = lr->scalar_type() == at::kFloat || lr->scalar_type() == at::kDouble;
+  TORCH_CHECK(lr->is_cuda() && lr->numel() == 1 && float32_or_64,
               "fusedoptim: a device lr must be a one-element float32 or float64 CUDA tensor, got ", lr->scalar_type(),
               " on ", lr->device());
   const c10::Device device = bucket.device_table()->device();
@@ -121,7 +122,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("sgd",
            [](Bucket& b, double lr, double momentum, double dampening, double weight_decay, bool nesterov,
               bool maximize, MaybeTensor grad_scale, MaybeTensor found_inf) {
-             const bool on_cuda = b.device_table() != nullptr;  // SGD has no step kernel to need
+             const bool on_cuda = b.device_table() != nullptr;  // no step kernel: any CUDA bucket
              const DeviceAmp amp{device_float(grad_scale, on_cuda, "grad_scale", "CUDA buckets"),
                                  device_float(found_inf, on_cuda, "found_inf", "CUDA buckets")};
              py::gil_scoped_release no_gil;

@@ -122,18 +122,14 @@ class Adam(FusedOptimizer):
 
     def _fused_step(self, group, bucket, device_amp=(None, None)):
         lr, (beta1, beta2), weight_decay = group["lr"], group["betas"], group["weight_decay"]
-        if bucket.device_scalars and isinstance(lr, torch.Tensor) and lr.device.type == "cuda":
-            # The kernels read lr on the device; the host's lr and decay factor are never read
-            # (NaN, so that a kernel that did would show it).
-            bucket.adam(
-                float("nan"), _scalar(beta1), _scalar(beta2), _scalar(group["eps"]), _scalar(weight_decay),
-                bool(group["amsgrad"]), bool(group["maximize"]), bool(group["decoupled_weight_decay"]),
-                float("nan"), None, *device_amp, device_lr=lr,
-            )
-            return
-        coefs_at_step = None
-        if bucket.device_scalars:
-            lr = _scalar(lr)  # a CPU Tensor lr: its value, as torch's fused=True treats it
+        coefs_at_step, device_lr = None, None
+        if bucket.device_scalars and isinstance(lr, torch.Tensor):
+            if lr.device.type == "cuda":
+                # The kernels read lr on the device; the host's lr and decay factor are never
+                # read (NaN, so that a kernel that did would show it).
+                device_lr, lr = lr, float("nan")
+            else:
+                lr = _scalar(lr)  # a CPU Tensor lr: its value, as torch's fused=True treats it
         if any(isinstance(x, torch.Tensor) for x in (lr, beta1, beta2)):
             # NOTE: [Tensor hyperparameters]
             # With Tensor lr or betas, torch.optim's bias corrections and step size are tensor
@@ -146,7 +142,7 @@ class Adam(FusedOptimizer):
         bucket.adam(
             _scalar(lr), _scalar(beta1), _scalar(beta2), _scalar(group["eps"]), _scalar(weight_decay),
             bool(group["amsgrad"]), bool(group["maximize"]), bool(group["decoupled_weight_decay"]),
-            _scalar(1 - lr * weight_decay), coefs_at_step, *device_amp,
+            _scalar(1 - lr * weight_decay), coefs_at_step, *device_amp, device_lr=device_lr,
         )
 
     def _step_dtype(self, group):

@@ -17,11 +17,15 @@ NUM_STEPS = 3
 
 
 class _Recorder:
-    """Stands in for a compiled Bucket: records the method an optimizer's _fused_step calls
-    and its arguments, the same hyperparameters the op takes (NOTE: [Ops and buckets])."""
+    """Stands in for a compiled CPU Bucket: records the method an optimizer's _fused_step calls
+    and its arguments, the same hyperparameters the op takes (NOTE: [Ops and buckets]). A CPU
+    bucket keeps its scalars on the host and takes no device lr."""
+
+    device_scalars = False
 
     def __getattr__(self, method):
-        def record(*args):
+        def record(*args, device_lr=None):
+            assert device_lr is None, "a CPU bucket takes no device lr"
             self.call = (method, args)
         return record
 

@@ -1,8 +1,10 @@
-"""Builds the secondary CMake project (the CPU kernels without torch) and runs its C++ tests
-(csrc/tests/test_cpu_kernels.cpp): every elementwise kernel of the KernelTable bit-identical on
+"""Builds the secondary CMake project (the CPU kernels without torch) and runs its C++ tests:
+csrc/tests/test_cpu_kernels.cpp (every elementwise kernel of the KernelTable bit-identical on
 every supported instruction set to the scalar path (fp32/fp64/bf16/fp16), the reduction kernels
 against a double-precision reference, half conversions, and fp64 rules against plain double
-transcriptions of torch.optim's formulas."""
+transcriptions of torch.optim's formulas) and csrc/tests/test_cuda_emulated.cpp (the CUDA
+kernels built by the host compiler and run on the CPU against the CPU kernels: NOTE: [CUDA
+emulation] in csrc/tests/cuda_emulation/cuda_runtime.h)."""
 
 import contextlib
 import os
@@ -54,13 +56,14 @@ def test_cmake_build_and_ctest(tmp_path):
         subprocess.run([cmake, "-S", str(ROOT), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"],
                        check=True, capture_output=True)
         subprocess.run([cmake, "--build", str(build), "-j", "2"], check=True, capture_output=True)
-        result = subprocess.run([ctest, "--test-dir", str(build), "--output-on-failure"],
+        # --verbose: each test's own output, which the checks below read
+        result = subprocess.run([ctest, "--test-dir", str(build), "--output-on-failure", "--verbose"],
                                 capture_output=True, text=True)
-        assert result.returncode == 0, result.stdout + result.stderr
-        output = subprocess.run([str(build / "test_cpu_kernels")], capture_output=True, text=True,
-                                check=True).stdout
-    assert re.search(r"(?<!\d)0 failures", output), output[-2000:]
-    assert "FAIL" not in output, output[-2000:]
+    output = result.stdout
+    assert result.returncode == 0, output[-4000:] + result.stderr
+    assert "FAIL " not in output, output[-4000:]
+    assert re.search(r"scalar; \d+ checks; 0 failures", output), output[-2000:]
+    assert re.search(r"cuda kernels emulated: [1-9]\d* checks; 0 failures", output), output[-2000:]
     # every instruction set this CPU runs beyond scalar was checked
     import fusedoptim
 

@@ -431,13 +431,25 @@ FO_INLINE const char* launch_error() {
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
 }
 
+// Every launch: `blocks` blocks of kThreadsPerBlock threads on the stream, then its error. The
+// C++ tests build these sources without nvcc and run them on the CPU (NOTE: [CUDA emulation]
+// in csrc/tests/cuda_emulation/cuda_runtime.h), where a launch is the emulator's.
+template <typename... Params, typename... Args>
+const char* launch_kernel(void (*kernel)(Params...), int64_t blocks, void* stream, const Args&... args) {
+#ifdef FO_CUDA_EMULATION
+  emulation::launch(kernel, blocks, kThreadsPerBlock, args...);
+#else
+  kernel<<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0, static_cast<cudaStream_t>(stream)>>>(args...);
+#endif
+  return launch_error();
+}
+
 template <template <typename> class Rule, typename Storage, typename StateStorage, bool kMaster, bool kStochastic,
           typename Hyper>
 const char* launch_elementwise_as(const DeviceTable& table, const Hyper& hyper, const Launch& launch) {
   const int64_t blocks = table.num_chunks < launch.grid ? table.num_chunks : launch.grid;
-  elementwise_kernel<Rule, Storage, StateStorage, kMaster, kStochastic, Hyper>
-      <<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0, static_cast<cudaStream_t>(launch.stream)>>>(table, hyper);
-  return launch_error();
+  return launch_kernel(elementwise_kernel<Rule, Storage, StateStorage, kMaster, kStochastic, Hyper>, blocks,
+                       launch.stream, table, hyper);
 }
 
 template <typename Storage>
@@ -479,10 +491,8 @@ template <template <typename> class Rule, typename Storage, typename StateStorag
 const char* launch_reduction_as(const DeviceTable& table, const Hyper& hyper, const DeviceSegments& segments,
                                 const Launch& launch) {
   const int64_t blocks = segments.count < launch.grid ? segments.count : launch.grid;
-  reduction_kernel<Rule, Storage, StateStorage, kMaster, Hyper>
-      <<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0, static_cast<cudaStream_t>(launch.stream)>>>(
-          table, hyper, segments);
-  return launch_error();
+  return launch_kernel(reduction_kernel<Rule, Storage, StateStorage, kMaster, Hyper>, blocks, launch.stream, table,
+                       hyper, segments);
 }
 
 // The CPU's reduce_storage pairs: reductions round no param, so no stochastic rounding.
@@ -518,14 +528,13 @@ const char* launch_reduction(const DeviceTable& table, const Hyper& hyper, const
 template <typename Storage, math::NormKind K>
 const char* launch_grad_norm_as(const DeviceTable& table, const math::GradNormHyper& hyper,
                                 const DeviceSegments& segments, double* total, const Launch& launch) {
-  const cudaStream_t stream = static_cast<cudaStream_t>(launch.stream);
   if (segments.count > 0) {
     const int64_t blocks = segments.count < launch.grid ? segments.count : launch.grid;
-    grad_norm_kernel<Storage, K><<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0, stream>>>(table, hyper, segments);
-    if (const char* error = launch_error()) return error;
+    if (const char* error = launch_kernel(grad_norm_kernel<Storage, K>, blocks, launch.stream, table, hyper, segments)) {
+      return error;
+    }
   }
-  fold_norms_kernel<K><<<1, kThreadsPerBlock, 0, stream>>>(segments.out, segments.count, hyper, total);
-  return launch_error();
+  return launch_kernel(fold_norms_kernel<K>, 1, launch.stream, segments.out, segments.count, hyper, total);
 }
 
 template <typename Storage>
@@ -546,9 +555,7 @@ const char* launch_advance_steps(const DeviceTable& table, const Hyper& hyper, c
   if (table.num_entries == 0) return nullptr;
   const int64_t needed = (table.num_entries + kThreadsPerBlock - 1) / kThreadsPerBlock;
   const int64_t blocks = needed < launch.grid ? needed : launch.grid;
-  advance_steps_kernel<Coefs, Hyper><<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0,
-                                       static_cast<cudaStream_t>(launch.stream)>>>(table, hyper, steps);
-  return launch_error();
+  return launch_kernel(advance_steps_kernel<Coefs, Hyper>, blocks, launch.stream, table, hyper, steps);
 }
 
 }  // namespace FO_ISA

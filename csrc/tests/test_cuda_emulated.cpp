@@ -5,6 +5,7 @@
 //    fp64, bf16 and fp16, with special values, over tensors that cross the 16384-element chunks
 //    of a grid smaller than the chunk count, with 16-byte aligned tensors (vector packs) and
 //    misaligned views (element by element): bit-identical params and states;
+//  * the same variants with device steps, for every rule that has them (FO_DEVICE_STEP_RULES);
 //  * coefficients by value (uniform_coefs), max_grad_norm's clip coefficient, GradScaler's
 //    unscaling (grads stored back unscaled) and its skip on inf, device steps with a device lr,
 //    stochastic rounding, master weights and state dtypes: bit-identical;
@@ -72,6 +73,18 @@ CudaElementwise<Hyper> cuda_kernel_for(ElementwiseMember<Hyper> cpu_kernel) {
   return nullptr;
 }
 
+template <typename Hyper>
+using CudaSteps = const char* (*)(const fusedoptim::cuda::DeviceTable&, const Hyper&,
+                                  const fusedoptim::cuda::DeviceSteps&, const fusedoptim::cuda::Launch&);
+
+// A param's float32 scalar states on the host, as the step kernel's DeviceScalars reads them.
+struct HostScalars {
+  float* values;
+  double get(int k) const { return double(values[k]); }
+  void set(int k, double value) const { values[k] = static_cast<float>(value); }
+  bool is_double(int) const { return false; }
+};
+
 const KernelTable& scalar_kernels() { return kernels_for(CpuCapability::kScalar); }
 
 // Every case of kernel_cases.h: the CPU scalar sweep over the bucket vs the CUDA kernel over
@@ -104,6 +117,61 @@ struct CudaChecker {
                name, variant, specials ? " (special values)" : "", shifted ? " (misaligned)" : "", dtype_name, where);
       }
     }
+#define FO_DEVICE_STEPS_CASE(rule, Coefs, H)                                                                   \
+  if constexpr (std::is_same<Hyper, math::H>::value) {                                                         \
+    if (kernel == &KernelTable::rule) {                                                                        \
+      expect_device_steps<T, math::Coefs>(name, variant, dtype_name, kernel, fusedoptim::cuda::rule##_steps_launch, \
+                                          cuda_kernel, hyper, fills, fix);                                     \
+    }                                                                                                          \
+  }
+    FO_DEVICE_STEP_RULES(FO_DEVICE_STEPS_CASE)
+#undef FO_DEVICE_STEPS_CASE
+  }
+
+  // A rule with device steps (FO_DEVICE_STEP_RULES): its step kernel advances each entry's
+  // float32 `step` (and NAdam's, ASGD's other scalars) and writes the coefficients the update
+  // kernel reads; the CPU gets those of the host's Coefs at the same step, from the same
+  // scalars.
+  template <typename T, typename Coefs, typename Hyper>
+  static void expect_device_steps(const char* name, int variant, const char* dtype_name,
+                                  ElementwiseMember<Hyper> kernel, CudaSteps<Hyper> cuda_steps,
+                                  CudaElementwise<Hyper> cuda_kernel, const Hyper& hyper, const SlotFills& fills,
+                                  const FixFn<T>& fix) {
+    constexpr int kScalars = 1 + Coefs::kExtraScalars;
+    TestBucket<T> expected(kCudaSizes, 37u + unsigned(variant), fills), actual(expected);
+    if (fix) {
+      fix(expected);
+      fix(actual);
+    }
+    const size_t n = expected.entries.size();
+    std::vector<float> host(n * kScalars), device(n * kScalars);
+    std::vector<float*> pointers(n * kScalars);
+    for (size_t e = 0; e < n; ++e) {
+      host[e * kScalars] = float(step_of(e) - 1.0);
+      for (int k = 1; k < kScalars; ++k) host[e * kScalars + k] = 0.5f + 0.1f * float(k);  // mu_product, eta, mu
+    }
+    device = host;
+    for (size_t i = 0; i < pointers.size(); ++i) pointers[i] = &device[i];
+    for (size_t e = 0; e < n; ++e) {
+      HostScalars scalars{&host[e * kScalars]};
+      const float step = host[e * kScalars] + 1.0f;
+      host[e * kScalars] = step;
+      if constexpr (Coefs::kExtraScalars == 0) {
+        Coefs::at_step(hyper, double(step)).to_coefs(expected.entries[e].coef);
+      } else {
+        Coefs::advance(hyper, double(step), scalars).to_coefs(expected.entries[e].coef);
+      }
+    }
+    (scalar_kernels().*kernel)(expected.table(), hyper, 0, expected.total());
+    const EmulatedTable table(actual.entries, dtype_of<T>());
+    const fusedoptim::cuda::DeviceSteps steps{pointers.data(), kScalars};
+    EXPECT(cuda_steps(table.table, hyper, steps, kLaunch) == nullptr, "%s: step launch failed", name);
+    EXPECT(cuda_kernel(table.table, hyper, kLaunch) == nullptr, "%s: launch failed", name);
+    EXPECT(host == device, "cuda %s variant %d %s: device step scalars differ from the host's", name, variant,
+           dtype_name);
+    const char* where = "";
+    EXPECT(expected.same_bits(actual, false, &where), "cuda %s variant %d %s with device steps differs at %s", name,
+           variant, dtype_name, where);
   }
 };
 

@@ -104,8 +104,7 @@ DeviceTable DeviceTableCache::sync(const BucketTable& table, const std::vector<v
   if (layout_changed) {
     padded_prefix_.assign(n + 1, 0);
     for (int64_t i = 0; i < n; ++i) {
-      const int64_t padded = (table.entries[i].numel + kEntryAlignment - 1) / kEntryAlignment * kEntryAlignment;
-      padded_prefix_[i + 1] = padded_prefix_[i] + padded;
+      padded_prefix_[i + 1] = padded_prefix_[i] + padded_numel(table.entries[i].numel);
     }
   }
   if (layout_changed || coefs_changed) {

@@ -57,11 +57,18 @@ union LaneBits {
   uint4 bits[Lanes<T, W>::kVectors];
 };
 
+// The emulated build (NOTE: [CUDA emulation]) counts each 16-byte access here and checks its
+// alignment, which the GPU requires; for nvcc it is nothing.
+#ifndef FO_CUDA_PACK_ACCESS
+#define FO_CUDA_PACK_ACCESS(address)
+#endif
+
 // Indexed in packs of W elements, so that the compiler can see the 16-byte alignment.
 template <typename T, int W>
 __device__ FO_INLINE Lanes<T, W> load_lanes(const void* slot, int64_t pack) {
   constexpr int kVectors = Lanes<T, W>::kVectors;
   const uint4* base = static_cast<const uint4*>(slot) + pack * kVectors;
+  FO_CUDA_PACK_ACCESS(base);
   LaneBits<T, W> u;
 #pragma unroll
   for (int q = 0; q < kVectors; ++q) u.bits[q] = base[q];
@@ -72,6 +79,7 @@ template <typename T, int W>
 __device__ FO_INLINE void store_lanes(void* slot, int64_t pack, const Lanes<T, W>& value) {
   constexpr int kVectors = Lanes<T, W>::kVectors;
   uint4* base = static_cast<uint4*>(slot) + pack * kVectors;
+  FO_CUDA_PACK_ACCESS(base);
   LaneBits<T, W> u;
   u.lanes = value;
 #pragma unroll
@@ -437,6 +445,7 @@ FO_INLINE const char* launch_error() {
 template <typename... Params, typename... Args>
 const char* launch_kernel(void (*kernel)(Params...), int64_t blocks, void* stream, const Args&... args) {
 #ifdef FO_CUDA_EMULATION
+  (void)stream;
   emulation::launch(kernel, blocks, kThreadsPerBlock, args...);
 #else
   kernel<<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0, static_cast<cudaStream_t>(stream)>>>(args...);

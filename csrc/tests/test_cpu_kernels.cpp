@@ -10,6 +10,7 @@
 //    per-segment sums must agree with a double-precision reference within rounding, and the
 //    states they update must still be bit-identical;
 //  * stochastic rounding (bf16, fp16) is bit-identical too, at flat indices past 2^32;
+//  * the grad norm's segments reduced side by side give the bits of each reduced alone;
 //  * the half conversions round-trip;
 //  * the fp64 Adam, Rprop, ASGD and RAdam rules agree with a plain double-precision
 //    transcription of torch.optim's formulas.
@@ -146,6 +147,32 @@ void check_grad_squares(CpuCapability isa, const char* dn) {
   const char* where = "";
   EXPECT(before.same_bits(scalar, false, &where) && before.same_bits(simd, false, &where),
          "grad_squares %s modified its inputs at %s", dn, where);
+}
+
+// The grad norm's reduction (NOTE: [Interleaved norm streams]): run over ranges of segments,
+// where each thread reduces up to four side by side, every segment's value has the bits of
+// that segment reduced alone, for every norm kind, with special values too.
+template <typename T>
+void check_grad_norm(CpuCapability isa, const char* dn) {
+  const math::GradNormHyper hypers[] = {{math::NormKind::kOne, 1.0}, {math::NormKind::kTwo, 2.0},
+                                        {math::NormKind::kInf, INFINITY}, {math::NormKind::kPower, 3.0}};
+  for (bool specials : {false, true}) {
+    const TestBucket<T> bucket(kSizes, 47, kDefaultFills, specials);
+    for (int64_t max_numel : {int64_t(7), int64_t(1000), int64_t(32768)}) {
+      const std::vector<Segment> segments = make_segments(bucket.entries, max_numel);
+      const int64_t n = int64_t(segments.size());
+      for (const math::GradNormHyper& h : hypers) {
+        std::vector<double> alone(n, -1.0), together(n, -2.0);
+        for (int64_t s = 0; s < n; ++s) kernels_for(isa).grad_norm(bucket.table(), h, segments.data(), s, s + 1, alone.data());
+        kernels_for(isa).grad_norm(bucket.table(), h, segments.data(), 0, n / 3, together.data());
+        kernels_for(isa).grad_norm(bucket.table(), h, segments.data(), n / 3, n, together.data());
+        EXPECT(std::memcmp(alone.data(), together.data(), n * sizeof(double)) == 0,
+               "grad norm %s %s (kind %d, segments of %lld%s): interleaved segments differ from alone",
+               capability_name(isa), dn, int(h.kind), static_cast<long long>(max_numel),
+               specials ? ", special values" : "");
+      }
+    }
+  }
 }
 
 // Every kernel of the KernelTable, for one dtype.
@@ -363,6 +390,10 @@ int main() {
     check_all_kernels<fp16_t>(isa, "fp16");
     check_stochastic_rounding<bf16_t>(isa, "bf16");
     check_stochastic_rounding<fp16_t>(isa, "fp16");
+    check_grad_norm<float>(isa, "fp32");
+    check_grad_norm<double>(isa, "fp64");
+    check_grad_norm<bf16_t>(isa, "bf16");
+    check_grad_norm<fp16_t>(isa, "fp16");
     if (c > 0) ++checked;
   }
   std::printf("%d instruction sets checked against scalar; %d checks; %d failures\n", checked, checks, failures);

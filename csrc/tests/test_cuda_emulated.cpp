@@ -10,7 +10,9 @@
 //    unscaling (grads stored back unscaled) and its skip on inf, device steps with a device lr,
 //    stochastic rounding, master weights and state dtypes: bit-identical;
 //  * the reductions (LAMB's, the grad norm's): within rounding of the CPU's sums, with
-//    bit-identical states; the inf norm exact, NaN included.
+//    bit-identical states; the inf norm exact, NaN included;
+//  * what a GPU would refuse: no launch error (cudaGetLastError), no misaligned 16-byte access
+//    (the emulator stops the program at one), and aligned tensors do take 16-byte accesses.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -18,12 +20,15 @@
 #include <random>
 #include <vector>
 
+#include <cuda_runtime.h>  // the stand-in: the emulator's record
+
 #include "fusedoptim/cuda/launch.h"
 #include "kernel_cases.h"
 
 using namespace fusedoptim;
 using namespace fusedoptim::cpu;
 using namespace fusedoptim::kernel_tests;
+namespace emulation = fusedoptim::cuda::emulation;
 
 namespace {
 
@@ -33,8 +38,8 @@ const fusedoptim::cuda::Launch kLaunch{nullptr, kGrid};
 // Tensors across both chunk boundaries.
 const std::vector<int64_t> kCudaSizes = {0, 1, 7, 8, 9, 15, 16, 17, 31, 33, 64, 4097, 16383, 16385};
 
-// A bucket's device table, in host memory: its entries, and the prefix padded to multiples of
-// kEntryAlignment as csrc/cuda_table.cpp pads it.
+// A bucket's device table, in host memory: its entries, and the prefix padded as
+// csrc/cuda_table.cpp pads it.
 struct EmulatedTable {
   std::vector<TensorEntry> entries;
   std::vector<int64_t> prefix;
@@ -42,10 +47,7 @@ struct EmulatedTable {
 
   EmulatedTable(const std::vector<TensorEntry>& from, DType dtype, DType state_dtype)
       : entries(from), prefix(from.size() + 1, 0) {
-    using fusedoptim::cuda::kEntryAlignment;
-    for (size_t i = 0; i < entries.size(); ++i) {
-      prefix[i + 1] = prefix[i] + (entries[i].numel + kEntryAlignment - 1) / kEntryAlignment * kEntryAlignment;
-    }
+    for (size_t i = 0; i < entries.size(); ++i) prefix[i + 1] = prefix[i] + fusedoptim::cuda::padded_numel(entries[i].numel);
     table.entries = entries.data();
     table.prefix = prefix.data();
     table.num_entries = int64_t(entries.size());
@@ -108,10 +110,15 @@ struct CudaChecker {
             for (size_t k = 0; k < b->entries.size(); ++k) coefs(b->entries[k], k);
           if (shifted) b->shift_odd_entries();
         }
+        const TestBucket<T> untouched(expected);
         (scalar_kernels().*kernel)(expected.table(), hyper, 0, expected.total());
+        EXPECT(!expected.same_bits(untouched), "%s variant %d: the CPU step changed nothing", name, variant);
         const EmulatedTable device(actual.entries, dtype_of<T>());
+        emulation::record.packs = 0;
         const char* error = cuda_kernel(device.table, hyper, kLaunch);
         EXPECT(error == nullptr, "%s: launch failed: %s", name, error);
+        // aligned tensors take 16-byte packs (a misaligned one would have stopped the program)
+        EXPECT(shifted || emulation::record.packs > 0, "cuda %s %s: no 16-byte access", name, dtype_name);
         const char* where = "";
         EXPECT(expected.same_bits(actual, specials, &where), "cuda %s variant %d%s%s %s differs from the CPU at %s",
                name, variant, specials ? " (special values)" : "", shifted ? " (misaligned)" : "", dtype_name, where);
@@ -162,7 +169,10 @@ struct CudaChecker {
         Coefs::advance(hyper, double(step), scalars).to_coefs(expected.entries[e].coef);
       }
     }
+    const TestBucket<T> untouched(expected);
     (scalar_kernels().*kernel)(expected.table(), hyper, 0, expected.total());
+    EXPECT(!expected.same_bits(untouched), "%s variant %d with device steps: the CPU step changed nothing", name,
+           variant);
     const EmulatedTable table(actual.entries, dtype_of<T>());
     const fusedoptim::cuda::DeviceSteps steps{pointers.data(), kScalars};
     EXPECT(cuda_steps(table.table, hyper, steps, kLaunch) == nullptr, "%s: step launch failed", name);
@@ -453,9 +463,15 @@ void check_grad_norm(const char* dn) {
       double total = -1.0;
       EXPECT(fusedoptim::cuda::grad_norm_launch(device.table, hyper, device_segments, &total, kLaunch) == nullptr,
              "grad norm launch");
-      const bool right = hyper.kind == math::NormKind::kInf
-                             ? (std::isnan(expected) ? std::isnan(total) : total == expected)
-                             : std::fabs(total - expected) <= 1e-12 * std::fabs(expected);
+      const auto same = [&](double actual, double reference) {
+        return hyper.kind == math::NormKind::kInf ? (std::isnan(reference) ? std::isnan(actual) : actual == reference)
+                                                  : std::fabs(actual - reference) <= 1e-12 * std::fabs(reference);
+      };
+      bool segments_right = true;
+      for (size_t k = 0; k < segments.size(); ++k) segments_right &= same(cuda_sums[k], cpu_sums[k]);
+      EXPECT(segments_right, "cuda grad norm %s p=%g%s: a segment's value differs from the CPU's", dn, p,
+             specials ? " (special values)" : "");
+      const bool right = same(total, expected);
       EXPECT(right, "cuda grad norm %s p=%g%s: %.17g vs CPU %.17g", dn, p, specials ? " (special values)" : "", total,
              expected);
     }

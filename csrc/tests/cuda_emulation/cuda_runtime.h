@@ -10,7 +10,10 @@
 // which hands over to the next; once every thread still running has reached the barrier, they
 // go on. So a __shared__ array (a function-local static here) is shared by the block's
 // threads, and a thread that returns no longer holds the others at a barrier, as an exited
-// CUDA thread does. Since the update rules are the same headers and both builds keep IEEE
+// CUDA thread does. What a GPU would refuse is refused here too: a launch configuration out
+// of range and threads of a block at different __syncthreads are errors of cudaGetLastError,
+// and a 16-byte access that is not 16-byte aligned (FO_CUDA_PACK_ACCESS in sweep.cuh, which
+// also counts them) stops the program. Since the update rules are the same headers and both builds keep IEEE
 // arithmetic (-ffp-contract=off, nvcc --fmad=false), an emulated elementwise kernel must give
 // the CPU scalar sweep's bits. That checks the kernels' own logic: the table walk, chunks and
 // the grid stride, packs of 16-byte accesses and the element-wise fallback, the options,
@@ -22,6 +25,8 @@
 #include <ucontext.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <vector>
@@ -32,7 +37,7 @@
 #define __shared__ static
 #define __launch_bounds__(threads)
 
-struct uint4 {
+struct alignas(16) uint4 {
   unsigned x, y, z, w;
 };
 struct uint3 {
@@ -41,9 +46,11 @@ struct uint3 {
 using dim3 = uint3;
 
 typedef void* cudaStream_t;
-enum cudaError_t { cudaSuccess = 0 };
-inline cudaError_t cudaGetLastError() { return cudaSuccess; }
-inline const char* cudaGetErrorString(cudaError_t) { return "no error"; }
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidConfiguration = 9,
+  cudaErrorLaunchFailure = 719,
+};
 
 // The running thread's coordinates, set by the emulator before it resumes a thread.
 inline uint3 threadIdx{0, 0, 0};
@@ -54,6 +61,28 @@ inline dim3 gridDim{1, 1, 1};
 namespace fusedoptim {
 namespace cuda {
 namespace emulation {
+
+// What the emulator saw since the last cudaGetLastError (the first error sticks), and the
+// 16-byte accesses of the kernels (FO_CUDA_PACK_ACCESS in csrc/cuda/sweep.cuh).
+struct Record {
+  cudaError_t error = cudaSuccess;
+  int64_t packs = 0;
+};
+inline Record record;
+
+inline void fail(cudaError_t error) {
+  if (record.error == cudaSuccess) record.error = error;
+}
+
+// A misaligned 16-byte access stops the program, as it stops a kernel on the GPU (and the
+// aligned uint4 access that follows would fault here anyway).
+inline void pack_access(const void* address) {
+  ++record.packs;
+  if (reinterpret_cast<uintptr_t>(address) % 16 != 0) {
+    std::fprintf(stderr, "FAIL: misaligned 16-byte access at %p (cudaErrorMisalignedAddress)\n", address);
+    std::abort();
+  }
+}
 
 // The threads of a block, as coroutines of the calling thread.
 class BlockThreads {
@@ -68,6 +97,7 @@ class BlockThreads {
     while (int(stacks_.size()) < count) stacks_.emplace_back(new char[kStackBytes]);
     contexts_.resize(count);
     done_.assign(count, false);
+    barriers_.assign(count, 0);
     body_ = &body;
     for (int t = 0; t < count; ++t) {
       getcontext(&contexts_[t]);
@@ -77,18 +107,28 @@ class BlockThreads {
       makecontext(&contexts_[t], &BlockThreads::thread_main, 0);
     }
     for (int running = count; running > 0;) {
+      int64_t barrier = -1;  // every thread still running must wait at the same __syncthreads
       for (int t = 0; t < count; ++t) {
         if (done_[t]) continue;
         current_ = unsigned(t);
         threadIdx = {unsigned(t), 0, 0};
         swapcontext(&scheduler_, &contexts_[t]);
-        if (done_[t]) --running;
+        if (done_[t]) {
+          --running;
+        } else if (barrier < 0) {
+          barrier = barriers_[t];
+        } else if (barriers_[t] != barrier) {
+          fail(cudaErrorLaunchFailure);
+        }
       }
     }
   }
 
   // __syncthreads: back to the scheduler, which resumes this thread once the others arrived.
-  void sync() { swapcontext(&contexts_[current_], &scheduler_); }
+  void sync() {
+    ++barriers_[current_];
+    swapcontext(&contexts_[current_], &scheduler_);
+  }
 
  private:
   static constexpr size_t kStackBytes = 256 * 1024;
@@ -103,6 +143,7 @@ class BlockThreads {
   std::vector<std::unique_ptr<char[]>> stacks_;
   std::vector<ucontext_t> contexts_;
   std::vector<bool> done_;
+  std::vector<int64_t> barriers_;  // __syncthreads reached, per thread
   ucontext_t scheduler_;
   const std::function<void(unsigned)>* body_ = nullptr;
   unsigned current_ = 0;
@@ -111,6 +152,7 @@ class BlockThreads {
 // kernel<<<blocks, threads>>>(args...), blocks one after another.
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), int64_t blocks, int threads, const Args&... args) {
+  if (blocks < 1 || blocks > 0x7FFFFFFF || threads < 1 || threads > 1024) return fail(cudaErrorInvalidConfiguration);
   blockDim = {unsigned(threads), 1, 1};
   gridDim = {unsigned(blocks), 1, 1};
   for (int64_t b = 0; b < blocks; ++b) {
@@ -124,3 +166,20 @@ void launch(void (*kernel)(Params...), int64_t blocks, int threads, const Args&.
 }  // namespace fusedoptim
 
 inline void __syncthreads() { fusedoptim::cuda::emulation::BlockThreads::instance().sync(); }
+
+inline cudaError_t cudaGetLastError() {
+  const cudaError_t error = fusedoptim::cuda::emulation::record.error;
+  fusedoptim::cuda::emulation::record.error = cudaSuccess;
+  return error;
+}
+
+inline const char* cudaGetErrorString(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorLaunchFailure: return "unspecified launch failure (threads at different __syncthreads)";
+  }
+  return "unknown error";
+}
+
+#define FO_CUDA_PACK_ACCESS(address) ::fusedoptim::cuda::emulation::pack_access(address)

@@ -308,8 +308,9 @@ FO_INLINE void reduce_bucket(const BucketTable& table, const Hyper& hyper, const
 // one stream a thread read at ~20-22 GB/s where four streams a thread read at ~23-26 GB/s
 // (a standalone two-thread sum of squares over 96 MB; the SGD step, three arrays read and two
 // written, moves ~35-39 GB/s). So a thread reduces kNormStreams consecutive segments side by
-// side, block by block. Each segment still has its own accumulators, filled in the same
-// order as alone, so the interleaving changes no bit of any segment's result.
+// side, block by block, as long as any of them has a whole block left. Each segment still has
+// its own accumulators, filled in the same order as alone, so the interleaving changes no bit
+// of any segment's result.
 template <typename Storage, math::NormKind K>
 struct NormStream {
   using V = typename VecOf<double>::type;
@@ -369,6 +370,15 @@ FO_INLINE void grad_norm_segments(const BucketTable& table, const math::GradNorm
       for (int k = 1; k < count; ++k) shared = streams[k].whole_blocks() < shared ? streams[k].whole_blocks() : shared;
       for (int64_t b = 0; b < shared; ++b) {
         for (int k = 0; k < count; ++k) streams[k].add_block(rule);
+      }
+      // The longer segments of a group (a tensor's last piece is often short) go on side by side.
+      for (bool more = true; more;) {
+        more = false;
+        for (int k = 0; k < count; ++k) {
+          if (streams[k].j + Stream::kBlock > streams[k].end) continue;
+          streams[k].add_block(rule);
+          more = true;
+        }
       }
     }
     for (int k = 0; k < count; ++k) out[s + k] = streams[k].finish(rule);

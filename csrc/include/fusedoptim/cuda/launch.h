@@ -41,6 +41,11 @@ namespace cuda {
 constexpr int64_t kChunkNumel = 16384;
 constexpr int64_t kEntryAlignment = 8;  // elements: 16 bytes of 16-bit storage
 constexpr int kThreadsPerBlock = 256;
+
+// A tensor's length in the bucket's padded flat index space.
+constexpr int64_t padded_numel(int64_t numel) {
+  return (numel + kEntryAlignment - 1) / kEntryAlignment * kEntryAlignment;
+}
 constexpr int kBlocksPerMultiprocessor = 8;
 
 // A bucket's table in device memory, for one launch.
